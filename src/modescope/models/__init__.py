@@ -1,0 +1,66 @@
+"""Model backends and the `load` entry point.
+
+Heavy imports (torch, transformers) happen inside the functions that need them, so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modescope.errors import ModescopeError
+from modescope.models.presets import DEFAULT_MODELS, PRESETS, Preset
+
+if TYPE_CHECKING:
+    from modescope.models.base import Backend
+
+__all__ = ["DEFAULT_MODELS", "PRESETS", "Preset", "load", "preset_cached"]
+
+
+def preset_cached(preset: Preset) -> bool:
+    """Whether the preset's converted copy is in the cache (so it loads in about a second)."""
+    from modescope.models.hf import cache_root
+
+    return (cache_root() / "converted" / preset.cache_key() / "config.json").is_file() if preset.installed() else False
+
+
+def _load_preset(preset: Preset, device: str, dtype: str) -> Backend:
+    from modescope.models.hf import cache_root, convert_gguf, load_folder
+
+    if not preset.installed():
+        raise ModescopeError(preset.missing_message())
+    target = cache_root() / "converted" / preset.cache_key()
+    if not (target / "config.json").is_file():
+        scratch = cache_root() / "gguf" / preset.name  # where a preset assembled from chunks is written
+        scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            convert_gguf(preset.locate(scratch), target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)  # the converted folder replaces any assembled copy
+    backend = load_folder(str(target), preset.name, device, dtype)
+    backend.source = f"preset:{preset.name}"
+    return backend
+
+
+def load(name: str, device: str = "auto", dtype: str = "auto") -> Backend:
+    """Load a model by preset name, local folder, GGUF file, or Hugging Face id (from the local cache).
+
+    `device` is cpu, cuda, cuda:N or auto; `dtype` is auto (float32 on CPU, bfloat16 on CUDA), float32,
+    bfloat16 or float16.
+    """
+    from modescope.models.hf import load_folder, load_gguf
+
+    if name in PRESETS:
+        return _load_preset(PRESETS[name], device, dtype)
+    path = Path(name).expanduser()
+    if name.lower().endswith(".gguf"):
+        return load_gguf(path, path.name, device, dtype)
+    if path.is_dir():
+        return load_folder(str(path), name, device, dtype)
+    if path.suffix or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModescopeError(f"model path '{name}' does not exist; give a folder, a .gguf file, or a preset name")
+    if "/" not in name:
+        known = ", ".join(PRESETS)
+        raise ModescopeError(f"unknown model '{name}'; use a preset ({known}), a folder, a .gguf file or an HF id")
+    return load_folder(name, name, device, dtype)

@@ -1,0 +1,191 @@
+"""The narrow model interface every probe is built on.
+
+A backend answers two questions: "what is the full next-token distribution after each of these token
+prefixes?" and, through `generate`, "continue these prefixes and record what was chosen and what else was
+likely". Prefixes are advanced level by level as `Rows`: a batch of states that all extend one prompt, so a
+backend with a KV cache can encode the prompt once and let every child reuse its parent's cache.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from modescope.errors import ModescopeError
+from modescope.models.vocab import Vocabulary
+
+if TYPE_CHECKING:
+    from modescope.engine.decode import Continuation
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A prompt rendered through a chat model's template."""
+
+    user: str
+    system: str | None = None
+    prefill: str = ""
+
+
+class Rows(ABC):
+    """A batch of token prefixes that all extend the same prompt (opaque to callers)."""
+
+    @property
+    @abstractmethod
+    def count(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def length(self) -> int:
+        """Tokens in each prefix, prompt included (every row of a batch has the same length)."""
+
+
+@dataclass
+class PrefixRows(Rows):
+    """Rows kept as plain token lists: for backends without a cache."""
+
+    prefixes: list[tuple[int, ...]]
+
+    @property
+    def count(self) -> int:
+        return len(self.prefixes)
+
+    @property
+    def length(self) -> int:
+        return len(self.prefixes[0]) if self.prefixes else 0
+
+
+@dataclass
+class ForwardStats:
+    """What a backend actually computed: token positions forwarded and forward calls made."""
+
+    tokens: int = 0
+    calls: int = 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+        self.calls += 1
+
+
+class Backend(ABC):
+    """A causal language model with its tokenizer."""
+
+    name: str
+    vocab: Vocabulary
+    max_context: int
+    stats: ForwardStats
+
+    def __init__(self, name: str, vocab: Vocabulary, max_context: int) -> None:
+        self.name = name
+        self.vocab = vocab
+        self.max_context = max_context
+        self.stats = ForwardStats()
+
+    # --- text <-> tokens -------------------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of `text`; with `add_special_tokens` the tokenizer adds its BOS where it does by default."""
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of a token sequence (special tokens dropped)."""
+        data = b"".join(self.vocab.token_bytes[i] for i in ids)
+        return data.decode("utf-8", errors="replace")
+
+    def token_text(self, token_id: int) -> str:
+        """Text of one token; special tokens show as their name."""
+        return self.decode([token_id])
+
+    @property
+    def has_chat_template(self) -> bool:
+        return False
+
+    def render_chat(self, prompt: ChatPrompt) -> str:
+        """The chat template's text for a user message (and optional system message), ready for the
+        assistant's reply, followed by the assistant prefill."""
+        raise ModescopeError(f"model '{self.name}' has no chat template; drop --chat to use a plain prompt")
+
+    def prompt_ids(self, prompt: str | ChatPrompt) -> list[int]:
+        """Token ids of a plain prompt (tokenizer defaults, BOS included) or a chat prompt (the template
+        already holds its special tokens, so none are added)."""
+        if isinstance(prompt, ChatPrompt):
+            return self.encode(self.render_chat(prompt), add_special_tokens=False)
+        return self.encode(prompt, add_special_tokens=True)
+
+    # --- distributions ---------------------------------------------------------------------------------
+    def start(self, prompt: Sequence[int]) -> tuple[Rows, torch.Tensor]:
+        """Encode a prompt once. Returns one row and its next-token log-probabilities, shape [1, vocab]."""
+        if not prompt:
+            raise ModescopeError("the prompt encodes to no tokens; give a non-empty prompt")
+        self.check_length(len(prompt))
+        rows = PrefixRows([tuple(prompt)])
+        return rows, self.next_logprobs(rows.prefixes)
+
+    def extend(self, rows: Rows, parents: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
+        """Child rows: row k is `rows[parents[k]]` followed by `tokens[k]`.
+
+        Returns the new rows and their next-token log-probabilities, shape [len(tokens), vocab], float64.
+        """
+        assert isinstance(rows, PrefixRows)
+        prefixes = [rows.prefixes[p] + (t,) for p, t in zip(parents, tokens, strict=True)]
+        self.check_length(len(prefixes[0]) if prefixes else 0)
+        return PrefixRows(prefixes), self.next_logprobs(prefixes)
+
+    def concat(self, parts: Sequence[Rows]) -> Rows:
+        """Join batches of equal prefix length into one (used when a level is computed in chunks)."""
+        joined: list[tuple[int, ...]] = []
+        for part in parts:
+            assert isinstance(part, PrefixRows)
+            joined.extend(part.prefixes)
+        return PrefixRows(joined)
+
+    @abstractmethod
+    def next_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Full next-token log-probabilities after each prefix, shape [len(prefixes), vocab], float64."""
+
+    def check_length(self, length: int) -> None:
+        if length > self.max_context:
+            raise ModescopeError(
+                f"model '{self.name}' has a context of {self.max_context} tokens but this needs {length}; "
+                "shorten the prompt or the candidates"
+            )
+
+    # --- continuation ----------------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: Sequence[int],
+        n: int = 1,
+        max_tokens: int = 32,
+        temperature: float = 0.0,
+        top_k_alternatives: int = 5,
+        seed: int | None = None,
+        **sampling: Any,
+    ) -> list[Continuation]:
+        """Continue `prompt` n times, greedily (temperature 0) or by sampling, recording every token."""
+        from modescope.engine.decode import generate
+
+        return generate(
+            self,
+            prompt,
+            n=n,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k_alternatives=top_k_alternatives,
+            seed=seed,
+            **sampling,
+        )
+
+    def close(self) -> None:
+        """Release resources (a no-op for in-process models)."""
+
+
+@dataclass
+class ModelInfo:
+    """How a model was loaded, for reports."""
+
+    name: str
+    source: str
+    details: dict[str, Any] = field(default_factory=dict)

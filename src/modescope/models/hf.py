@@ -1,0 +1,314 @@
+"""Transformers backend: a Hugging Face id, a local folder, or a GGUF file, on CPU or CUDA.
+
+GGUF files are de-quantized by transformers on load, which takes 20-120 s; the result is kept as safetensors
+in the converted-model cache so later loads take about a second.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modescope.errors import ModescopeError
+from modescope.models.base import Backend, ChatPrompt, Rows
+from modescope.models.vocab import Vocabulary, load_vocabulary, save_vocabulary, vocabulary_from_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root() -> Path:
+    """Where converted models live: $MODESCOPE_CACHE, else ~/.cache/modescope."""
+    return Path(os.environ.get("MODESCOPE_CACHE") or Path.home() / ".cache" / "modescope")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModescopeError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ModescopeError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ModescopeError(f"unknown dtype '{dtype}'; use one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+@dataclass
+class CacheRows(Rows):
+    """Rows backed by a transformers KV cache, one cache row per prefix."""
+
+    cache: Any
+    rows: int
+    prefix_length: int
+
+    @property
+    def count(self) -> int:
+        return self.rows
+
+    @property
+    def length(self) -> int:
+        return self.prefix_length
+
+
+def _rebuild_cache(template: Any, keys_values: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """A new cache shaped like `template` whose layer i holds keys_values(i); `template` is left untouched."""
+    new = copy.copy(template)
+    new.layers = []
+    for i, layer in enumerate(template.layers):
+        clone = copy.copy(layer)
+        if layer.is_initialized and layer.keys is not None:
+            clone.keys, clone.values = keys_values(i)
+        new.layers.append(clone)
+    return new
+
+
+class HFBackend(Backend):
+    """A transformers causal LM with its tokenizer."""
+
+    def __init__(self, name: str, model: Any, tokenizer: Any, source: str, vocab: Vocabulary | None = None) -> None:
+        vocab = vocab or vocabulary_from_tokenizer(tokenizer)
+        config = model.config.get_text_config()
+        super().__init__(name, vocab, int(getattr(config, "max_position_embeddings", 0) or 1 << 30))
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.device = next(model.parameters()).device
+        # transformers renamed the cache argument from `past_key_values` to `cache` during 5.x
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    # --- text -------------------------------------------------------------------------------------------
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def token_text(self, token_id: int) -> str:
+        if token_id in self.vocab.special_ids:
+            return str(self.tokenizer.convert_ids_to_tokens(token_id))
+        return super().token_text(token_id)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render_chat(self, prompt: ChatPrompt) -> str:
+        if not self.has_chat_template:
+            return super().render_chat(prompt)
+        messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+        messages.append({"role": "user", "content": prompt.user})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return str(text) + prompt.prefill
+
+    # --- forward passes ---------------------------------------------------------------------------------
+    def _forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        self.stats.add(int(input_ids.numel()))
+        with torch.inference_mode():
+            return self.model(input_ids=input_ids.to(self.device), **kwargs)
+
+    @staticmethod
+    def _cache_of(output: Any) -> Any:
+        cache = getattr(output, "cache", None)
+        return cache if cache is not None else output.past_key_values
+
+    def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        """float64 log-softmax over the real vocabulary (some models pad the logits beyond it)."""
+        logits = logits[..., : self.vocab.size].double()
+        return torch.log_softmax(logits, dim=-1).cpu()
+
+    def start(self, prompt: Sequence[int]) -> tuple[Rows, torch.Tensor]:
+        if not prompt:
+            raise ModescopeError("the prompt encodes to no tokens; give a non-empty prompt")
+        self.check_length(len(prompt))
+        ids = torch.tensor([list(prompt)], dtype=torch.long)
+        out = self._forward(ids, use_cache=True)
+        rows = CacheRows(self._cache_of(out), 1, len(prompt))
+        return rows, self._logprobs(out.logits[:, -1])
+
+    def extend(self, rows: Rows, parents: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
+        assert isinstance(rows, CacheRows)
+        self.check_length(rows.prefix_length + 1)
+        index = torch.tensor(list(parents), dtype=torch.long, device=self.device)
+        source = rows.cache.layers
+        cache = _rebuild_cache(
+            rows.cache, lambda i: (source[i].keys.index_select(0, index), source[i].values.index_select(0, index))
+        )
+        ids = torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)  # [rows, 1]
+        positions = torch.full_like(ids, rows.prefix_length).to(self.device)
+        out = self._forward(ids, position_ids=positions, use_cache=True, **{self._cache_arg: cache})
+        new_rows = CacheRows(self._cache_of(out), len(tokens), rows.prefix_length + 1)
+        return new_rows, self._logprobs(out.logits[:, -1])
+
+    def concat(self, parts: Sequence[Rows]) -> Rows:
+        caches = [p for p in parts if isinstance(p, CacheRows) and p.rows > 0]
+        if len(caches) == 1:
+            return caches[0]
+        layers = [c.cache.layers for c in caches]
+        joined = _rebuild_cache(
+            caches[0].cache,
+            lambda i: (torch.cat([ls[i].keys for ls in layers]), torch.cat([ls[i].values for ls in layers])),
+        )
+        return CacheRows(joined, sum(c.rows for c in caches), caches[0].prefix_length)
+
+    def next_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Full forward of each prefix (no cache), grouped by length so no padding is involved."""
+        result: list[torch.Tensor | None] = [None] * len(prefixes)
+        by_length: dict[int, list[int]] = {}
+        for k, prefix in enumerate(prefixes):
+            self.check_length(len(prefix))
+            by_length.setdefault(len(prefix), []).append(k)
+        for members in by_length.values():
+            ids = torch.tensor([list(prefixes[k]) for k in members], dtype=torch.long)
+            logprobs = self._logprobs(self._forward(ids, use_cache=False).logits[:, -1])
+            for row, k in enumerate(members):
+                result[k] = logprobs[row]
+        return torch.stack([r for r in result if r is not None])
+
+    def score_padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score right-padded sequences in one forward pass, the way evaluation harnesses do.
+
+        Returns (log p(token t+1 | tokens <= t) per row and position, shape [rows, max_len - 1]; the full
+        next-token log-probabilities after each row's last real token, shape [rows, vocab]).
+        """
+        longest = max(len(s) for s in sequences)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(sequences), longest), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = torch.tensor(list(seq))
+            mask[row, : len(seq)] = 1
+        logits = self._forward(ids, attention_mask=mask.to(self.device), use_cache=False).logits
+        logprobs = torch.log_softmax(logits[..., : self.vocab.size].double(), dim=-1).cpu()
+        steps = logprobs[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        last = torch.stack([logprobs[row, len(seq) - 1] for row, seq in enumerate(sequences)])
+        return steps, last
+
+
+# --- loading -----------------------------------------------------------------------------------------------
+
+
+def _check_gguf(path: Path) -> None:
+    """Fail early, with a clear message, on a file that is not a readable GGUF."""
+    try:
+        from gguf import GGUFReader
+
+        GGUFReader(str(path))
+    except Exception as exc:  # the reader raises many types on corrupt input
+        raise ModescopeError(f"'{path}' is not a readable GGUF file ({exc}); check the file or re-download it") from exc
+
+
+def gguf_cache_dir(path: Path, key: str | None = None) -> Path:
+    """The converted-model folder for a GGUF file, keyed by its path, size and modification time."""
+    if key is None:
+        stat = path.stat()
+        digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+        key = f"{path.stem}-{digest[:12]}"
+    return cache_root() / "converted" / key
+
+
+def convert_gguf(path: Path, target: Path) -> None:
+    """De-quantize a GGUF file with transformers and save it as a float32 safetensors folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _check_gguf(path)
+    logger.info("converting %s (once; later loads use %s)", path, target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        raise ModescopeError(f"transformers could not load the GGUF file '{path}': {exc}") from exc
+    # The weights are already de-quantized; dropping the GGUF quantizer marks lets them be saved as is.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+VOCAB_FILE = "modescope-vocab.npz"
+
+
+def _load_converted_tokenizer(folder: Path) -> Any:
+    """Load a tokenizer this module saved, straight from tokenizer.json.
+
+    AutoTokenizer also parses the 33 MB tokenizer.json of a 262k vocabulary in Python, which doubles the
+    load time; the converted folders hold exactly the files this reads.
+    """
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("tokenizer_class", None)
+    template = folder / "chat_template.jinja"
+    if template.is_file():
+        config["chat_template"] = template.read_text()
+    return TokenizersBackend(tokenizer_file=str(folder / "tokenizer.json"), **config)
+
+
+def load_folder(folder: str, name: str, device: str = "auto", dtype: str = "auto") -> HFBackend:
+    """Load a transformers folder or Hugging Face id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    converted = Path(folder).is_relative_to(cache_root()) and (Path(folder) / "tokenizer.json").is_file()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            tokenizer = _load_converted_tokenizer(Path(folder)) if converted else AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        except (OSError, ValueError) as exc:
+            raise ModescopeError(
+                f"could not load model '{name}': not a preset, a local folder, a .gguf file, or a Hugging Face "
+                f"model in the local cache ({str(exc).splitlines()[0]}); run `modescope models` to see presets"
+            ) from exc
+    model.to(torch_device)
+    model.eval()
+    vocab = None
+    if converted:
+        vocab_file = Path(folder) / VOCAB_FILE
+        if not vocab_file.is_file():
+            save_vocabulary(vocabulary_from_tokenizer(tokenizer), vocab_file)
+        vocab = load_vocabulary(vocab_file)
+    return HFBackend(name, model, tokenizer, source=folder, vocab=vocab)
+
+
+def load_gguf(path: Path, name: str, device: str = "auto", dtype: str = "auto", cache_key: str | None = None) -> HFBackend:
+    """Load a GGUF file through the converted-model cache."""
+    if not path.is_file():
+        raise ModescopeError(f"model file '{path}' does not exist; give an existing .gguf file")
+    target = gguf_cache_dir(path, cache_key)
+    if not (target / "config.json").is_file():
+        convert_gguf(path, target)
+    backend = load_folder(str(target), name, device, dtype)
+    backend.source = str(path)
+    return backend

@@ -1,0 +1,1 @@
+"""Experiments: each module takes a spec and models and returns a typed result."""
