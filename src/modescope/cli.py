@@ -6,11 +6,10 @@ answers at once.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,13 +32,13 @@ app = typer.Typer(
 )
 
 
-class LeadingSpace(str, Enum):
+class LeadingSpace(StrEnum):
     optional = "optional"
     required = "required"
     none = "none"
 
 
-class Tokenizations(str, Enum):
+class Tokenizations(StrEnum):
     all = "all"
     canonical = "canonical"
 
@@ -114,7 +113,9 @@ def _load_models(names: list[str], device: str, dtype: str, console: Console) ->
 
 Models = Annotated[
     list[str] | None,
-    typer.Option("--model", "-m", help="Preset, folder, .gguf file or HF id; repeat to compare. Default: both presets."),
+    typer.Option(
+        "--model", "-m", help="Preset, folder, .gguf file or HF id; repeat to compare. Default: both presets."
+    ),
 ]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
 Dtype = Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16.")]
@@ -155,16 +156,18 @@ def dist(
         if not chat and (system is not None or prefill):
             raise ModescopeError("--system and --prefill need --chat")
         cands = _candidates(integers, choices, choices_file, max_candidates)
-        if batch_size < 1:
-            raise ModescopeError("--batch-size must be at least 1")
+        if batch_size < 1 or top < 1:
+            raise ModescopeError("--batch-size and --top must be at least 1")
         _prepare_output(json_path, "--json")
         _prepare_output(plot, "--plot")
         console = _console()
         backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
-        result = _run_distribution(backends, text, chat, system, prefill, cands, leading_space, tokenizations, batch_size)
+        result = _run_distribution(
+            backends, text, chat, system, prefill, cands, leading_space, tokenizations, batch_size
+        )
         _print_distribution(result, console, top)
         if json_path is not None:
-            json_path.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+            json_path.write_text(result.to_json())
             console.print(f"wrote {json_path}")
         if plot is not None:
             from modescope.viz.distribution_plot import plot_distribution
@@ -204,8 +207,8 @@ def _run_distribution(
             backends,
             prompt,
             cands,
-            leading_space=leading_space.value,  # type: ignore[arg-type]
-            tokenizations=tokenizations.value,  # type: ignore[arg-type]
+            leading_space=leading_space.value,
+            tokenizations=tokenizations.value,
             batch_size=batch_size,
             progress=report,
         )
@@ -243,7 +246,13 @@ def _print_distribution(result: DistributionResult, console: Console, top: int) 
             pairs.add_column(column, justify="left" if len(column) == 1 else "right")
         for c in result.comparisons:
             pairs.add_row(
-                c.a, c.b, f"{c.kl_ab_bits:.3f}", f"{c.kl_ba_bits:.3f}", f"{c.js_bits:.3f}", f"{c.tv:.3f}", f"{c.spearman:+.3f}"
+                c.a,
+                c.b,
+                f"{c.kl_ab_bits:.3f}",
+                f"{c.kl_ba_bits:.3f}",
+                f"{c.js_bits:.3f}",
+                f"{c.tv:.3f}",
+                f"{c.spearman:+.3f}",
             )
         console.print(pairs)
 
@@ -257,7 +266,7 @@ def models() -> None:
 
     table = Table(title="Presets (any other model: a Hugging Face id, a folder or a .gguf file)", title_justify="left")
     for column in ["name", "kind", "installed", "cached", "package", "description"]:
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "description")
     for p in PRESETS.values():
         installed = p.installed()
         table.add_row(

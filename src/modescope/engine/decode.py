@@ -96,12 +96,17 @@ def generate(
         for row, index in enumerate(active):
             token = int(chosen[row])
             alternatives = (
-                [Alternative(int(i), backend.token_text(int(i)), float(v)) for v, i in zip(*top[row], strict=True)]
+                [
+                    Alternative(int(i), backend.token_text(int(i)), float(v))
+                    for v, i in zip(top.values[row], top.indices[row], strict=True)
+                ]
                 if top is not None
                 else []
             )
             records[index].append(
-                TokenRecord(token, backend.token_text(token), float(logprobs[row, token]), float(entropy[row]), alternatives)
+                TokenRecord(
+                    token, backend.token_text(token), float(logprobs[row, token]), float(entropy[row]), alternatives
+                )
             )
             if token in backend.vocab.eos_ids:
                 finish[index] = "eos"

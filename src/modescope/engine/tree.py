@@ -89,7 +89,7 @@ class PrefixTree:
 
     def _children(self, node: Node, row: int, logprobs: torch.Tensor, visit: Visit) -> list[_Pending]:
         return [
-            _Pending(row, Node(node.path + (c.token,), node.logprob + float(logprobs[c.token]), c.data))
+            _Pending(row, Node((*node.path, c.token), node.logprob + float(logprobs[c.token]), c.data))
             for c in visit(node, logprobs)
         ]
 

@@ -24,7 +24,7 @@ def normalize_log(logmass: np.ndarray) -> np.ndarray:
 def entropy_bits(logp: np.ndarray) -> float:
     """Shannon entropy H(p) = -sum p log2 p of a normalized distribution, in bits."""
     p = np.exp(logp)
-    return float(-(p * logp).sum() / LOG2)
+    return float(-np.where(p > 0, p * logp, 0.0).sum() / LOG2) + 0.0  # 0 log 0 = 0; + 0.0 turns -0.0 into 0.0
 
 
 def effective_outcomes(logp: np.ndarray) -> float:
@@ -44,7 +44,10 @@ def chi_square_uniform(logp: np.ndarray) -> float:
 
 def kl_bits(logp: np.ndarray, logq: np.ndarray) -> float:
     """Kullback-Leibler divergence KL(p || q) = sum p log2(p / q), in bits."""
-    return float((np.exp(logp) * (logp - logq)).sum() / LOG2)
+    p = np.exp(logp)
+    with np.errstate(invalid="ignore"):  # terms with p = 0 are 0 by convention, whatever q is
+        terms = np.where(p > 0, p * (logp - logq), 0.0)
+    return float(terms.sum() / LOG2)
 
 
 def js_bits(logp: np.ndarray, logq: np.ndarray) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -177,15 +177,3 @@ class Backend(ABC):
             seed=seed,
             **sampling,
         )
-
-    def close(self) -> None:
-        """Release resources (a no-op for in-process models)."""
-
-
-@dataclass
-class ModelInfo:
-    """How a model was loaded, for reports."""
-
-    name: str
-    source: str
-    details: dict[str, Any] = field(default_factory=dict)

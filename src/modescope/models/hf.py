@@ -236,8 +236,8 @@ def convert_gguf(path: Path, target: Path) -> None:
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise ModescopeError(f"transformers could not load the GGUF file '{path}': {exc}") from exc
     # The weights are already de-quantized; dropping the GGUF quantizer marks lets them be saved as is.
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +291,7 @@ def load_folder(folder: str, name: str, device: str = "auto", dtype: str = "auto
                 f"could not load model '{name}': not a preset, a local folder, a .gguf file, or a Hugging Face "
                 f"model in the local cache ({str(exc).splitlines()[0]}); run `modescope models` to see presets"
             ) from exc
-    model.to(torch_device)
+    model.to(torch_device)  # type: ignore[arg-type]
     model.eval()
     vocab = None
     if converted:
@@ -302,7 +302,9 @@ def load_folder(folder: str, name: str, device: str = "auto", dtype: str = "auto
     return HFBackend(name, model, tokenizer, source=folder, vocab=vocab)
 
 
-def load_gguf(path: Path, name: str, device: str = "auto", dtype: str = "auto", cache_key: str | None = None) -> HFBackend:
+def load_gguf(
+    path: Path, name: str, device: str = "auto", dtype: str = "auto", cache_key: str | None = None
+) -> HFBackend:
     """Load a GGUF file through the converted-model cache."""
     if not path.is_file():
         raise ModescopeError(f"model file '{path}' does not exist; give an existing .gguf file")

