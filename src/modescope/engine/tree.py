@@ -2,6 +2,7 @@
 
 The prompt is encoded once. Each level is forwarded in batches of one token per node, every node reusing
 its parent's KV cache, so each tree node costs exactly one token position: the minimum any method needs.
+Wide levels are split into groups expanded depth first, so memory stays bounded for trees of any size.
 Which children a node has is decided by a callback that sees the node's distribution, so the same engine
 serves a fixed tree (exact answer-set probabilities) and a model-driven one (block multiverse).
 """
@@ -44,7 +45,7 @@ class ExpansionStats:
     """What an expansion cost."""
 
     nodes: int = 0  # tree nodes forwarded, root excluded
-    levels: int = 0
+    levels: int = 0  # depth of the deepest node
     prompt_tokens: int = 0
     tokens_forwarded: int = 0  # token positions the backend computed (prompt included)
     forward_calls: int = 0
@@ -67,7 +68,8 @@ class PrefixTree:
     """Level-by-level expansion of a token tree below one prompt."""
 
     backend: Backend
-    batch_size: int = 128
+    batch_size: int = 128  # nodes per forward pass
+    max_rows: int = 512  # nodes of one level whose caches are kept to expand their children together
     progress: Callable[[int], None] | None = None  # called with the number of nodes just finished
     stats: ExpansionStats = field(default_factory=ExpansionStats)
 
@@ -78,10 +80,7 @@ class PrefixTree:
         rows, logprobs = self.backend.start(prompt)
         self.stats.prompt_tokens += len(prompt)
         root = Node((), 0.0, root_data)
-        pending = self._children(root, 0, logprobs[0], visit)
-        while pending:
-            rows, pending = self._level(rows, pending, visit)
-            self.stats.levels += 1
+        self._expand_below(rows, self._children(root, 0, logprobs[0], visit), visit)
         self.stats.tokens_forwarded += self.backend.stats.tokens - before_tokens
         self.stats.forward_calls += self.backend.stats.calls - before_calls
         self.stats.seconds += time.perf_counter() - started
@@ -93,17 +92,29 @@ class PrefixTree:
             for c in visit(node, logprobs)
         ]
 
-    def _level(self, rows: Rows, pending: list[_Pending], visit: Visit) -> tuple[Rows, list[_Pending]]:
-        """Forward one level in batches; returns its rows and the next level's pending children."""
-        parts: list[Rows] = []
-        next_pending: list[_Pending] = []
-        for start in range(0, len(pending), self.batch_size):
-            batch = pending[start : start + self.batch_size]
-            part, logprobs = self.backend.extend(rows, [p.parent_row for p in batch], [p.node.path[-1] for p in batch])
-            parts.append(part)
-            for offset, item in enumerate(batch):
-                next_pending += self._children(item.node, start + offset, logprobs[offset], visit)
-            self.stats.nodes += len(batch)
-            if self.progress:
-                self.progress(len(batch))
-        return self.backend.concat(parts), next_pending
+    def _expand_below(self, rows: Rows, pending: list[_Pending], visit: Visit) -> None:
+        """Forward `pending` (children of `rows`) and everything below them.
+
+        Up to `max_rows` nodes of a level are forwarded together and their children expanded as one next
+        level, which keeps batches full; a wider level is split into groups handled one after the other, so
+        the KV caches held at once stay bounded (about max_rows rows per tree level) however big the tree.
+        """
+        depth = len(pending[0].node.path) if pending else 0
+        self.stats.levels = max(self.stats.levels, depth)
+        for group_start in range(0, len(pending), self.max_rows):
+            group = pending[group_start : group_start + self.max_rows]
+            parts: list[Rows] = []
+            next_pending: list[_Pending] = []
+            for start in range(0, len(group), self.batch_size):
+                batch = group[start : start + self.batch_size]
+                part, logprobs = self.backend.extend(
+                    rows, [p.parent_row for p in batch], [p.node.path[-1] for p in batch]
+                )
+                parts.append(part)
+                for offset, item in enumerate(batch):
+                    next_pending += self._children(item.node, start + offset, logprobs[offset], visit)
+                self.stats.nodes += len(batch)
+                if self.progress:
+                    self.progress(len(batch))
+            if next_pending:
+                self._expand_below(self.backend.concat(parts), next_pending, visit)
