@@ -43,3 +43,15 @@ def test_cached_expansion_equals_uncached_forward_on_a_transformer(architecture:
     assert stats.tokens_forwarded == stats.minimum_tokens == len(prompt) + 39
     for path, (_, logprobs) in seen.items():
         assert torch.allclose(logprobs, backend.next_logprobs([prompt + list(path)])[0], atol=1e-10)
+
+
+def test_padded_scoring_matches_one_prefix_at_a_time() -> None:
+    backend = tiny_backend()
+    sequences = [[5, 6, 7, 8], [5, 6], [9, 10, 11]]
+    steps, last = backend.score_padded(sequences)
+    for row, seq in enumerate(sequences):
+        for i in range(len(seq) - 1):
+            assert float(steps[row, i]) == pytest.approx(
+                float(backend.next_logprobs([seq[: i + 1]])[0][seq[i + 1]]), abs=1e-10
+            )
+        assert torch.allclose(last[row], backend.next_logprobs([seq])[0], atol=1e-10)

@@ -196,10 +196,13 @@ class HFBackend(Backend):
             ids[row, : len(seq)] = torch.tensor(list(seq))
             mask[row, : len(seq)] = 1
         logits = self._forward(ids, attention_mask=mask.to(self.device), use_cache=False).logits
-        logprobs = torch.log_softmax(logits[..., : self.vocab.size].double(), dim=-1).cpu()
-        steps = logprobs[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        last = torch.stack([logprobs[row, len(seq) - 1] for row, seq in enumerate(sequences)])
-        return steps, last
+        steps = torch.zeros(len(sequences), longest - 1, dtype=torch.float64)
+        last = []
+        for row, seq in enumerate(sequences):  # one row at a time: float64 copies of every row would be GBs
+            logprobs = self._logprobs(logits[row, : len(seq)])
+            steps[row, : len(seq) - 1] = logprobs[:-1].gather(-1, ids[row, 1 : len(seq)].unsqueeze(-1)).squeeze(-1)
+            last.append(logprobs[-1])
+        return steps, torch.stack(last)
 
 
 # --- loading -----------------------------------------------------------------------------------------------

@@ -1,0 +1,499 @@
+"""Benchmark the distribution probe on the default models against naive full-sequence scoring.
+
+For each default model, on examples/random-integer.txt with the integers 0..100 as candidates, it measures:
+
+1. cold load (converting the GGUF into an empty, temporary cache) and warm load (from the normal cache);
+2. the engine in canonical mode, and the naive baseline an evaluation harness would run on the very same
+   sequences: one right-padded row per (candidate, leading-whitespace variant), scored in full. The two must
+   give the same masses (within 1e-4 relative), or the script exits with status 1;
+3. the engine with every tokenization (the default);
+4. token positions forwarded by the engine, against the minimum its prefix tree needs, and by the baseline.
+
+Run it with `.venv/bin/python benchmarks/bench_dist.py [--skip-cold] [--json PATH]` (or `make bench`).
+Timings are the best of --repeats runs (the median is reported too); each engine measurement starts with one
+untimed warm-up run, reported as "first call", which pays one-off costs such as vocabulary tables. Warm loads
+are the best of --repeats loads. Targets are reported, not enforced, except the mass agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from modescope.models.base import Backend
+    from modescope.models.hf import HFBackend
+    from modescope.probes.distribution import Tokenizations
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT_FILE = ROOT / "examples" / "random-integer.txt"
+LO, HI = 0, 100
+WHITESPACE_VARIANTS = ("", " ")  # the engine's default leading_space="optional"
+AGREEMENT_LIMIT = 1e-4  # max relative difference between baseline and engine masses (enforced)
+WARM_LOAD_TARGET_S = 3.0
+SPEEDUP_TARGET = 10.0
+TOKEN_RATIO_TARGET = 1.2
+
+T = TypeVar("T")
+console = Console()
+
+
+# --- measurements ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of repeated runs of one step."""
+
+    runs_s: list[float]
+    first_call_s: float | None = None  # an untimed warm-up run, reported separately (one-off costs)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.runs_s)
+
+    @property
+    def best_s(self) -> float:
+        return min(self.runs_s)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"best_s": self.best_s, "median_s": self.median_s}
+
+
+@dataclass
+class EngineRun:
+    mode: Tokenizations
+    timing: Timing
+    nodes: int
+    prompt_tokens: int
+    tokens_forwarded: int
+    minimum_tokens: int
+    forward_calls: int
+    coverage: float
+    masses: list[float]
+
+    @property
+    def token_ratio(self) -> float:
+        return self.tokens_forwarded / self.minimum_tokens
+
+
+@dataclass
+class BaselineRun:
+    timing: Timing
+    rows: int
+    batch_size: int
+    tokens_padded: int  # rows x padded length, summed over batches
+    tokens_backend: int  # what backend.stats counted for one run
+    masses: list[float]
+
+
+@dataclass
+class ModelReport:
+    model: str
+    cold_load: Timing | None = None
+    warm_load: Timing | None = None
+    populated_cache: bool = False  # the normal cache had to be filled before the warm loads
+    canonical: EngineRun | None = None
+    all: EngineRun | None = None
+    baseline: BaselineRun | None = None
+    max_rel_diff: float = math.nan
+    worst_candidate: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        assert self.baseline and self.canonical
+        return self.baseline.timing.best_s / self.canonical.timing.best_s
+
+    @property
+    def agrees(self) -> bool:
+        return self.max_rel_diff <= AGREEMENT_LIMIT  # False for NaN too
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"model": self.model, "populated_cache": self.populated_cache}
+        data["cold_load"] = self.cold_load.to_dict() if self.cold_load else None
+        data["warm_load"] = self.warm_load.to_dict() if self.warm_load else None
+        for name, run in (("canonical", self.canonical), ("all", self.all)):
+            if run:
+                data[name] = {k: v for k, v in asdict(run).items() if k not in ("timing", "masses")} | {
+                    "timing": run.timing.to_dict(),
+                    "token_ratio": run.token_ratio,
+                }
+        if self.baseline:
+            data["baseline"] = {k: v for k, v in asdict(self.baseline).items() if k not in ("timing", "masses")} | {
+                "timing": self.baseline.timing.to_dict()
+            }
+        if self.baseline and self.canonical:
+            data["speedup"] = self.speedup
+            data["canonical_masses"] = self.canonical.masses
+            data["baseline_masses"] = self.baseline.masses
+        data["max_rel_diff"] = self.max_rel_diff
+        data["worst_candidate"] = self.worst_candidate
+        data["agrees"] = self.agrees
+        return data | self.extra
+
+
+def timed(step: Callable[[], T]) -> tuple[float, T]:
+    start = time.perf_counter()
+    value = step()
+    return time.perf_counter() - start, value
+
+
+@contextlib.contextmanager
+def task(progress: Progress, description: str, total: int | None) -> Iterator[Callable[[], None]]:
+    """A progress line for one slow step; yields a function that advances it by one."""
+    task_id = progress.add_task(description, total=total)
+    try:
+        yield lambda: progress.advance(task_id)
+    finally:
+        progress.remove_task(task_id)
+
+
+def import_heavy() -> None:
+    """Import what every load needs (torch, transformers), so load timings leave the imports out."""
+    from transformers import AutoModelForCausalLM
+
+    from modescope.models.hf import HFBackend
+
+    del AutoModelForCausalLM, HFBackend
+
+
+def load_cold(name: str, device: str) -> float:
+    """Seconds to load `name` into an empty converted-model cache (the GGUF is converted)."""
+    import modescope
+
+    saved = os.environ.get("MODESCOPE_CACHE")
+    scratch = tempfile.mkdtemp(prefix="modescope-bench-cold-")
+    os.environ["MODESCOPE_CACHE"] = scratch
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # transformers' conversion progress bars
+            seconds, backend = timed(lambda: modescope.load(name, device=device))
+        del backend
+        gc.collect()
+        return seconds
+    finally:
+        if saved is None:
+            del os.environ["MODESCOPE_CACHE"]
+        else:
+            os.environ["MODESCOPE_CACHE"] = saved
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def engine_run(
+    backend: Backend, prompt: str, candidates: list[str], mode: Tokenizations, repeats: int, advance: Callable[[], None]
+) -> EngineRun:
+    """One untimed warm-up run (it pays one-off costs such as vocabulary tables), then `repeats` timed runs."""
+    import modescope
+
+    def run() -> Any:
+        result = modescope.distribution(backend, prompt, candidates, tokenizations=mode)
+        advance()
+        return result
+
+    first_s, result = timed(run)
+    runs = [timed(run)[0] for _ in range(repeats)]
+    stats = result.results[0].stats
+    return EngineRun(
+        mode=mode,
+        timing=Timing(runs, first_s),
+        nodes=stats.nodes,
+        prompt_tokens=stats.prompt_tokens,
+        tokens_forwarded=stats.tokens_forwarded,
+        minimum_tokens=stats.minimum_tokens,
+        forward_calls=stats.forward_calls,
+        coverage=result.results[0].coverage,
+        masses=[o.mass for o in result.results[0].outcomes],
+    )
+
+
+def baseline_masses(
+    backend: HFBackend, prompt: str, candidates: list[str], batch_size: int, advance: Callable[[], None]
+) -> tuple[list[float], int]:
+    """Naive scoring: one right-padded row per (candidate, whitespace variant), prompt and target in full.
+
+    The mass of a row is exp(sum of its target tokens' log-probs + log P(a boundary token comes next)); the
+    variants of a candidate are summed. Returns the masses and the padded token positions forwarded.
+    """
+    import torch
+
+    prompt_ids = backend.prompt_ids(prompt)
+    owners = [k for k in range(len(candidates)) for _ in WHITESPACE_VARIANTS]
+    texts = [variant + c for c in candidates for variant in WHITESPACE_VARIANTS]
+    sequences = [prompt_ids + backend.encode(text, add_special_tokens=False) for text in texts]
+    boundary = torch.tensor(backend.vocab.boundary_ids, dtype=torch.long)
+    masses = [0.0] * len(candidates)
+    padded = 0
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start : start + batch_size]
+        steps, last = backend.score_padded(batch)
+        ending = torch.logsumexp(last.index_select(1, boundary), dim=1)
+        for row, seq in enumerate(batch):
+            # steps[row, t] is log p(seq[t + 1] | seq[: t + 1]): the target tokens are seq[len(prompt_ids):]
+            logprob = float(steps[row, len(prompt_ids) - 1 : len(seq) - 1].sum() + ending[row])
+            masses[owners[start + row]] += math.exp(logprob)
+        padded += len(batch) * max(len(s) for s in batch)
+        advance()
+    return masses, padded
+
+
+def baseline_run(
+    backend: HFBackend, prompt: str, candidates: list[str], batch_size: int, repeats: int, advance: Callable[[], None]
+) -> BaselineRun:
+    """`repeats` timed runs (the engine's warm-up already paid the shared one-off costs)."""
+    runs: list[float] = []
+    masses: list[float] = []
+    padded = tokens = 0
+    for _ in range(repeats):
+        before = backend.stats.tokens
+        seconds, (masses, padded) = timed(lambda: baseline_masses(backend, prompt, candidates, batch_size, advance))
+        runs.append(seconds)
+        tokens = backend.stats.tokens - before
+    rows = len(candidates) * len(WHITESPACE_VARIANTS)
+    return BaselineRun(Timing(runs), rows, batch_size, padded, tokens, masses)
+
+
+def relative_differences(reference: list[float], other: list[float]) -> list[float]:
+    return [abs(o - r) / abs(r) if r else (0.0 if o == r else math.inf) for r, o in zip(reference, other, strict=True)]
+
+
+def bench_model(
+    name: str, prompt: str, candidates: list[str], args: argparse.Namespace, progress: Progress
+) -> ModelReport:
+    import modescope
+    from modescope.models import PRESETS, preset_cached
+    from modescope.models.hf import HFBackend
+
+    report = ModelReport(name)
+    if not args.skip_cold:
+        with task(progress, f"{name}: cold load (converting the GGUF)", None):
+            report.cold_load = Timing([load_cold(name, args.device)])
+
+    if name in PRESETS and not preset_cached(PRESETS[name]):
+        with task(progress, f"{name}: filling the converted-model cache", None):
+            modescope.load(name, device=args.device)
+            gc.collect()
+        report.populated_cache = True
+    loads: list[float] = []
+    backend: Backend | None = None
+    with task(progress, f"{name}: warm loads", args.repeats) as advance:
+        for _ in range(args.repeats):
+            backend = None  # drop the previous copy before timing the next load
+            gc.collect()
+            seconds, backend = timed(lambda: modescope.load(name, device=args.device))
+            loads.append(seconds)
+            advance()
+    report.warm_load = Timing(loads)
+    if not isinstance(backend, HFBackend):
+        raise SystemExit(f"{name} did not load as a transformers model; the baseline needs HFBackend.score_padded")
+    report.extra = {"device": str(backend.device), "dtype": str(next(backend.model.parameters()).dtype)}
+    report.extra["vocab_size"] = backend.vocab.size
+    report.extra["prompt_tokens"] = len(backend.prompt_ids(prompt))
+
+    with task(progress, f"{name}: engine, canonical tokenizations", args.repeats + 1) as advance:
+        report.canonical = engine_run(backend, prompt, candidates, "canonical", args.repeats, advance)
+    batches = math.ceil(len(candidates) * len(WHITESPACE_VARIANTS) / args.batch_size)
+    with task(progress, f"{name}: baseline, padded full sequences", batches * args.repeats) as advance:
+        report.baseline = baseline_run(backend, prompt, candidates, args.batch_size, args.repeats, advance)
+    differences = relative_differences(report.canonical.masses, report.baseline.masses)
+    worst = max(range(len(differences)), key=lambda k: differences[k])
+    report.max_rel_diff, report.worst_candidate = differences[worst], candidates[worst]
+    with task(progress, f"{name}: engine, all tokenizations", args.repeats + 1) as advance:
+        report.all = engine_run(backend, prompt, candidates, "all", args.repeats, advance)
+    del backend
+    gc.collect()
+    return report
+
+
+# --- output ------------------------------------------------------------------------------------------------
+
+
+def against(met: bool, target: str) -> str:
+    return f"{target} [green]met[/]" if met else f"{target} [red]missed[/]"
+
+
+def best(timing: Timing | None) -> str:
+    return f"{timing.best_s:.2f} s" if timing else "skipped"
+
+
+def detail(timing: Timing) -> str:
+    first = f", first call {timing.first_call_s:.2f}" if timing.first_call_s is not None else ""
+    return f"{best(timing)} (median {timing.median_s:.2f}{first})"
+
+
+def model_table(report: ModelReport) -> Table:
+    assert report.warm_load and report.canonical and report.all and report.baseline
+    canonical, every, baseline = report.canonical, report.all, report.baseline
+    title = (
+        f"{report.model} ({report.extra['device']}, {report.extra['dtype']}; best of {len(canonical.timing.runs_s)})"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("target")
+    table.add_row("cold load (converts GGUF)", best(report.cold_load), "")
+    runs = ", ".join(f"{s:.2f}" for s in report.warm_load.runs_s)
+    met = report.warm_load.best_s < WARM_LOAD_TARGET_S
+    table.add_row("warm load", f"{best(report.warm_load)} (runs {runs})", against(met, f"< {WARM_LOAD_TARGET_S:g} s"))
+    table.add_section()
+    table.add_row("engine, canonical", detail(canonical.timing), "")
+    table.add_row(f"baseline, batches of {baseline.batch_size}", detail(baseline.timing), "")
+    met = report.speedup >= SPEEDUP_TARGET
+    table.add_row("speed-up baseline/canonical", f"{report.speedup:.1f}x", against(met, f">= {SPEEDUP_TARGET:g}x"))
+    table.add_row("engine, all tokenizations", detail(every.timing), "")
+    diff = f"{report.max_rel_diff:.1e} (at {report.worst_candidate!r})"
+    table.add_row("mass max relative diff", diff, against(report.agrees, f"<= {AGREEMENT_LIMIT:g}"))
+    table.add_section()
+    for run in (canonical, every):
+        value = f"{run.tokens_forwarded} / {run.minimum_tokens} = {run.token_ratio:.2f}x"
+        met = run.token_ratio <= TOKEN_RATIO_TARGET
+        table.add_row(f"tokens {run.mode} (fwd / min)", value, against(met, f"<= {TOKEN_RATIO_TARGET:g}x"))
+    ratio = baseline.tokens_padded / canonical.minimum_tokens
+    table.add_row(f"tokens baseline ({baseline.rows} rows)", f"{baseline.tokens_padded} = {ratio:.1f}x min", "")
+    table.add_row("tree nodes canonical / all", f"{canonical.nodes} / {every.nodes}", "")
+    table.add_row("coverage canonical / all", f"{canonical.coverage:.4f} / {every.coverage:.4f}", "")
+    return table
+
+
+def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
+    title = f"Summary (best of {env['repeats']}; imports {env['imports_s']:.1f} s, not in the load times)"
+    table = Table(title=title, title_justify="left")
+    table.add_column("measure")
+    for r in reports:
+        table.add_column(r.model, justify="right")
+    rows: dict[str, list[str]] = {}
+    for r in reports:
+        assert r.warm_load and r.canonical and r.all and r.baseline
+        colour = "green" if r.agrees else "red"
+        for measure, value in {
+            "cold load": best(r.cold_load),
+            "warm load": best(r.warm_load),
+            "engine canonical": best(r.canonical.timing),
+            "baseline": best(r.baseline.timing),
+            "speed-up": f"{r.speedup:.1f}x",
+            "engine all": best(r.all.timing),
+            "tokens canonical": f"{r.canonical.tokens_forwarded} ({r.canonical.token_ratio:.2f}x min)",
+            "tokens all": f"{r.all.tokens_forwarded} ({r.all.token_ratio:.2f}x min)",
+            "tokens baseline": f"{r.baseline.tokens_padded}",
+            "mass max rel. diff": f"[{colour}]{r.max_rel_diff:.1e}[/]",
+        }.items():
+            rows.setdefault(measure, []).append(value)
+    for measure, values in rows.items():
+        table.add_row(measure, *values)
+    return table
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "load_average_1m_start": os.getloadavg()[0],
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from modescope.models import DEFAULT_MODELS
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--skip-cold", action="store_true", help="skip cold loads (each converts a GGUF: 20-60 s)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to this JSON file")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per step; the best is reported")
+    parser.add_argument("--batch-size", type=int, default=32, help="rows per forward pass of the baseline")
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL", help="models to measure")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.batch_size < 1:
+        parser.error("--repeats and --batch-size must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parse_args(argv)
+    import modescope
+
+    prompt = PROMPT_FILE.read_text(encoding="utf-8")
+    candidates = modescope.integers(LO, HI)
+    with console.status("importing torch and transformers"):
+        import_s, _ = timed(import_heavy)
+    env = environment() | {"imports_s": import_s, "repeats": args.repeats}
+    console.print(f"prompt {prompt!r}")
+    console.print(
+        f"candidates {LO}..{HI} with optional leading space; torch {env['torch']} on {env['torch_threads']} "
+        f"threads, {env['cpus']} CPUs, load average {env['load_average_1m_start']:.1f}"
+    )
+
+    reports: list[ModelReport] = []
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
+        for name in args.models:
+            report = bench_model(name, prompt, candidates, args, progress)
+            reports.append(report)
+            progress.console.print(model_table(report))
+    env["load_average_1m_end"] = os.getloadavg()[0]
+    console.print(summary_table(reports, env))
+    # The load average counts this script's own torch threads too; what is left over is other work.
+    others = max(env["load_average_1m_start"], env["load_average_1m_end"] - env["torch_threads"])
+    if others > 0.5 * (env["cpus"] or 1):
+        console.print(
+            f"[yellow]warning[/]: the machine may have been busy with other work (load average "
+            f"{env['load_average_1m_start']:.1f} at the start, {env['load_average_1m_end']:.1f} at the end, on "
+            f"{env['cpus']} CPUs with {env['torch_threads']} torch threads here); timings may be noisy"
+        )
+
+    failed = [r.model for r in reports if not r.agrees]
+    if args.json:
+        figures = {
+            "prompt": prompt,
+            "candidates": f"{LO}..{HI}",
+            "leading_whitespace_variants": list(WHITESPACE_VARIANTS),
+            "timing": f"best of {args.repeats} (median and every run included)",
+            "targets": {
+                "warm_load_s": WARM_LOAD_TARGET_S,
+                "speedup": SPEEDUP_TARGET,
+                "token_ratio": TOKEN_RATIO_TARGET,
+                "max_rel_diff": AGREEMENT_LIMIT,
+            },
+            "environment": env,
+            "models": [r.to_dict() for r in reports],
+            "ok": not failed,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+        console.print(f"figures written to {args.json}")
+    if failed:
+        console.print(
+            f"[red]FAIL[/]: baseline and engine masses differ by more than {AGREEMENT_LIMIT:g} relative for "
+            + ", ".join(failed)
+        )
+        return 1
+    console.print(f"[green]OK[/]: baseline and engine masses agree within {AGREEMENT_LIMIT:g} relative")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
