@@ -226,34 +226,36 @@ def _print_distribution(result: DistributionResult, console: Console, top: int) 
         tops.add_row(str(rank + 1), *(f"{o[rank].text!r}  {o[rank].prob:.1%}" for o in ranked))
     console.print(tops)
 
-    summary = Table(title="Per model", title_justify="left")
-    for column in ["model", "coverage", "entropy (bits)", "normalized", "effective n", "top-1", "chi² vs uniform"]:
-        summary.add_column(column, justify="left" if column == "model" else "right")
+    # Metrics as rows and models as columns, so that long model names fit an 80-column terminal.
+    summary = Table(title="Per model (within the set)", title_justify="left")
+    summary.add_column("metric")
     for r in result.results:
-        summary.add_row(
-            r.model,
-            f"{r.coverage:.2%}",
-            f"{r.entropy_bits:.3f}",
-            f"{r.normalized_entropy:.3f}",
-            f"{r.effective_outcomes:.1f}",
-            f"{r.top1!r} {r.top1_share:.1%}",
-            f"{r.chi_square:.2f}",
-        )
+        summary.add_column(r.model, justify="right")
+    rows: list[tuple[str, Any]] = [
+        ("coverage (mass of the set)", lambda r: f"{r.coverage:.2%}"),
+        ("entropy (bits)", lambda r: f"{r.entropy_bits:.3f}"),
+        ("normalized entropy", lambda r: f"{r.normalized_entropy:.3f}"),
+        ("effective outcomes (2^H)", lambda r: f"{r.effective_outcomes:.1f}"),
+        ("top-1", lambda r: f"{r.top1!r} {r.top1_share:.1%}"),
+        ("chi² vs uniform", lambda r: f"{r.chi_square:.2f}"),
+    ]
+    for label, cell in rows:
+        summary.add_row(label, *(cell(r) for r in result.results))
     console.print(summary)
     if result.comparisons:
         pairs = Table(title="Between models (within the set)", title_justify="left")
-        for column in ["a", "b", "KL(a‖b) bits", "KL(b‖a) bits", "JS bits", "TV", "Spearman"]:
-            pairs.add_column(column, justify="left" if len(column) == 1 else "right")
+        pairs.add_column("metric")
         for c in result.comparisons:
-            pairs.add_row(
-                c.a,
-                c.b,
-                f"{c.kl_ab_bits:.3f}",
-                f"{c.kl_ba_bits:.3f}",
-                f"{c.js_bits:.3f}",
-                f"{c.tv:.3f}",
-                f"{c.spearman:+.3f}",
-            )
+            pairs.add_column(f"a={c.a}\nb={c.b}", justify="right")
+        metrics: list[tuple[str, Any]] = [
+            ("KL(a‖b) bits", lambda c: f"{c.kl_ab_bits:.3f}"),
+            ("KL(b‖a) bits", lambda c: f"{c.kl_ba_bits:.3f}"),
+            ("Jensen-Shannon bits", lambda c: f"{c.js_bits:.3f}"),
+            ("total variation", lambda c: f"{c.tv:.3f}"),
+            ("Spearman rank corr.", lambda c: f"{c.spearman:+.3f}"),
+        ]
+        for label, cell in metrics:
+            pairs.add_row(label, *(cell(c) for c in result.comparisons))
         console.print(pairs)
 
 
