@@ -7,7 +7,7 @@ answers at once.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +19,7 @@ from modescope.errors import ModescopeError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
     from modescope.models.base import Backend
     from modescope.probes.distribution import DistributionResult
@@ -227,11 +228,7 @@ def _print_distribution(result: DistributionResult, console: Console, top: int) 
     console.print(tops)
 
     # Metrics as rows and models as columns, so that long model names fit an 80-column terminal.
-    summary = Table(title="Per model (within the set)", title_justify="left")
-    summary.add_column("metric")
-    for r in result.results:
-        summary.add_column(r.model, justify="right")
-    rows: list[tuple[str, Any]] = [
+    per_model: list[tuple[str, Callable[[Any], str]]] = [
         ("coverage (mass of the set)", lambda r: f"{r.coverage:.2%}"),
         ("entropy (bits)", lambda r: f"{r.entropy_bits:.3f}"),
         ("normalized entropy", lambda r: f"{r.normalized_entropy:.3f}"),
@@ -239,24 +236,34 @@ def _print_distribution(result: DistributionResult, console: Console, top: int) 
         ("top-1", lambda r: f"{r.top1!r} {r.top1_share:.1%}"),
         ("chi² vs uniform", lambda r: f"{r.chi_square:.2f}"),
     ]
-    for label, cell in rows:
-        summary.add_row(label, *(cell(r) for r in result.results))
-    console.print(summary)
+    console.print(
+        _metric_table("Per model (within the set)", [r.model for r in result.results], per_model, result.results)
+    )
     if result.comparisons:
-        pairs = Table(title="Between models (within the set)", title_justify="left")
-        pairs.add_column("metric")
-        for c in result.comparisons:
-            pairs.add_column(f"a={c.a}\nb={c.b}", justify="right")
-        metrics: list[tuple[str, Any]] = [
+        per_pair: list[tuple[str, Callable[[Any], str]]] = [
             ("KL(a‖b) bits", lambda c: f"{c.kl_ab_bits:.3f}"),
             ("KL(b‖a) bits", lambda c: f"{c.kl_ba_bits:.3f}"),
             ("Jensen-Shannon bits", lambda c: f"{c.js_bits:.3f}"),
             ("total variation", lambda c: f"{c.tv:.3f}"),
             ("Spearman rank corr.", lambda c: f"{c.spearman:+.3f}"),
         ]
-        for label, cell in metrics:
-            pairs.add_row(label, *(cell(c) for c in result.comparisons))
-        console.print(pairs)
+        headers = [f"a={c.a}\nb={c.b}" for c in result.comparisons]
+        console.print(_metric_table("Between models (within the set)", headers, per_pair, result.comparisons))
+
+
+def _metric_table(
+    title: str, headers: list[str], rows: list[tuple[str, Callable[[Any], str]]], items: list[Any]
+) -> Table:
+    """A table with one row per metric and one column per item (a model, or a pair of models)."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    for header in headers:
+        table.add_column(header, justify="right")
+    for label, cell in rows:
+        table.add_row(label, *(cell(item) for item in items))
+    return table
 
 
 @app.command()

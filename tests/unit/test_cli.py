@@ -224,27 +224,19 @@ def test_both_prompt_and_prompt_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("toy_models")
-def test_neither_prompt_nor_prompt_file() -> None:
-    result = invoke("dist --model a --integers 0 3")
-    assert_user_error(result, "give exactly one of --prompt and --prompt-file")
-
-
-@pytest.mark.usefixtures("toy_models")
-def test_duplicate_choices() -> None:
-    result = invoke("dist --model a --prompt x --choices 4 --choices 2 --choices 4")
-    assert_user_error(result, "candidate '4' is listed twice")
-
-
-@pytest.mark.usefixtures("toy_models")
-def test_model_listed_twice() -> None:
-    result = invoke("dist --model a --model a --prompt x --integers 0 3")
-    assert_user_error(result, "a model is listed twice")
-
-
-@pytest.mark.usefixtures("toy_models")
-def test_two_candidate_sets() -> None:
-    result = invoke("dist --model a --prompt x --integers 0 3 --choices 4")
-    assert_user_error(result, "give exactly one candidate set")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("dist --model a --integers 0 3", "give exactly one of --prompt and --prompt-file"),
+        ("dist --model a --prompt x --choices 4 --choices 2 --choices 4", "candidate '4' is listed twice"),
+        ("dist --model a --model a --prompt x --integers 0 3", "a model is listed twice"),
+        ("dist --model a --prompt x --integers 0 3 --choices 4", "give exactly one candidate set"),
+        ("dist --model a --prompt x --integers 0 3 --top 0", "--top must be at least 1"),
+        ("dist --model a --prompt x --integers 0 3 --system s", "--system and --prefill need --chat"),
+    ],
+)
+def test_inconsistent_options(args: str, message: str) -> None:
+    assert_user_error(invoke(args), message)
 
 
 # --- help and the model list -------------------------------------------------------------------------------

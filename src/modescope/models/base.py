@@ -154,26 +154,12 @@ class Backend(ABC):
             )
 
     # --- continuation ----------------------------------------------------------------------------------
-    def generate(
-        self,
-        prompt: Sequence[int],
-        n: int = 1,
-        max_tokens: int = 32,
-        temperature: float = 0.0,
-        top_k_alternatives: int = 5,
-        seed: int | None = None,
-        **sampling: Any,
-    ) -> list[Continuation]:
-        """Continue `prompt` n times, greedily (temperature 0) or by sampling, recording every token."""
+    def generate(self, prompt: Sequence[int], **options: Any) -> list[Continuation]:
+        """Continue `prompt` greedily (temperature 0) or by sampling, recording every token.
+
+        Options are those of `modescope.engine.decode.generate`: n, max_tokens, temperature,
+        top_k_alternatives, seed, stop.
+        """
         from modescope.engine.decode import generate
 
-        return generate(
-            self,
-            prompt,
-            n=n,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_k_alternatives=top_k_alternatives,
-            seed=seed,
-            **sampling,
-        )
+        return generate(self, prompt, **options)
