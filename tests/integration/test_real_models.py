@@ -113,3 +113,12 @@ def test_greedy_and_sampled_continuations_record_every_token(smollm: Backend) ->
     for record in sampled[0].tokens:
         assert record.logprob <= 0 and record.entropy_bits >= 0
         assert record.top[0].logprob >= record.logprob - 1e-9 or record.id in {a.id for a in record.top}
+
+
+@pytest.mark.parametrize(
+    "text", ["Q: Tell me 42 random\n\nA:  ok", "café – naïve 日本 🙂", " 0 1 2 10 100 -7 3.14", "<b>tags</b>\ttab"]
+)
+def test_byte_table_reproduces_the_tokenizer(model: HFBackend, text: str) -> None:
+    ids = model.encode(text, add_special_tokens=False)
+    assert b"".join(model.vocab.token_bytes[i] for i in ids) == text.encode("utf-8")
+    assert model.decode(ids) == model.tokenizer.decode(ids)

@@ -28,6 +28,7 @@ from modescope.models.vocab import Vocabulary, load_vocabulary, save_vocabulary,
 
 logger = logging.getLogger(__name__)
 
+BYTE_TABLE_PROBE = "Q: 42, 7.5 or 100?\nA:  café – naïve 日本 🙂 {x}"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -96,6 +97,19 @@ class HFBackend(Backend):
         self.device = next(model.parameters()).device
         # transformers renamed the cache argument from `past_key_values` to `cache` during 5.x
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._check_byte_table()
+
+    def _check_byte_table(self) -> None:
+        """Warn when the byte table does not reproduce the tokenizer's own decoding: exact answer-set
+        probabilities rely on it to know which token sequences spell an answer."""
+        ids = self.encode(BYTE_TABLE_PROBE, add_special_tokens=False)
+        spelled = b"".join(self.vocab.token_bytes[i] for i in ids).decode("utf-8", errors="replace")
+        if spelled.strip() != str(self.tokenizer.decode(ids)).strip():
+            warnings.warn(
+                f"the byte table of '{self.name}' does not reproduce its tokenizer ({spelled!r}); "
+                "answer-set probabilities may miss spellings",
+                stacklevel=2,
+            )
 
     # --- text -------------------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
