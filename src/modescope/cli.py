@@ -141,6 +141,9 @@ def dist(
     tokenizations: Annotated[
         Tokenizations, typer.Option(help="Sum over every token sequence that spells a candidate, or the canonical one.")
     ] = Tokenizations.all,
+    temperature: Annotated[
+        float, typer.Option(help="Apply this temperature to every next-token distribution along every path.")
+    ] = 1.0,
     max_candidates: Annotated[int, typer.Option(help="Refuse larger candidate sets.")] = 100_000,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of the distributions.")] = None,
@@ -152,11 +155,13 @@ def dist(
     """Exact probability of every candidate answer under each model, summed over all tokenizations."""
     with user_errors():
         from modescope.models import DEFAULT_MODELS
+        from modescope.probes.distribution import check_temperature
 
         text = _read_prompt(prompt, prompt_file)
         if not chat and (system is not None or prefill):
             raise ModescopeError("--system and --prefill need --chat")
         cands = _candidates(integers, choices, choices_file, max_candidates)
+        check_temperature(temperature)
         if batch_size < 1 or top < 1:
             raise ModescopeError("--batch-size and --top must be at least 1")
         _prepare_output(json_path, "--json")
@@ -164,7 +169,7 @@ def dist(
         console = _console()
         backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
         result = _run_distribution(
-            backends, text, chat, system, prefill, cands, leading_space, tokenizations, batch_size
+            backends, text, chat, system, prefill, cands, leading_space, tokenizations, batch_size, temperature
         )
         _print_distribution(result, console, top)
         if json_path is not None:
@@ -187,6 +192,7 @@ def _run_distribution(
     leading_space: LeadingSpace,
     tokenizations: Tokenizations,
     batch_size: int,
+    temperature: float,
 ) -> DistributionResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -212,6 +218,7 @@ def _run_distribution(
             tokenizations=tokenizations.value,
             batch_size=batch_size,
             progress=report,
+            temperature=temperature,
         )
 
 

@@ -124,3 +124,22 @@ def test_tiny_transformer_matches_uncached_full_sequence_scoring(architecture: s
     assert stats.tokens_forwarded == stats.minimum_tokens  # one position per tree node, prompt encoded once
     if tokenizations == "all":
         assert len(every(b" 10")) > 2  # " 10" = " "+"1"+"0" = " 1"+"0" = " 10" = ...
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.7])
+def test_per_token_temperature_equals_a_sharper_model(temperature: float) -> None:
+    """The analytic model's logits are sharpness * g(prefix): temperature tau is sharpness / tau exactly."""
+    hot = AnalyticBackend(TOKENS, seed=7, sharpness=2.0)
+    same = AnalyticBackend(TOKENS, seed=7, sharpness=2.0 / temperature)
+    tempered = distribution(hot, "Q", CANDIDATES, temperature=temperature).results[0]
+    reference = distribution(same, "Q", CANDIDATES).results[0]
+    for a, b in zip(tempered.outcomes, reference.outcomes, strict=True):
+        assert a.mass == pytest.approx(b.mass, rel=1e-9)
+
+
+def test_bad_temperature_is_a_user_error(analytic: AnalyticBackend) -> None:
+    from modescope.errors import ModescopeError
+
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ModescopeError, match="temperature must be a positive number"):
+            distribution(analytic, "Q", CANDIDATES, temperature=bad)

@@ -71,13 +71,15 @@ class PrefixTree:
     batch_size: int = 128  # nodes per forward pass
     max_rows: int = 512  # nodes of one level whose caches are kept to expand their children together
     progress: Callable[[int], None] | None = None  # called with the number of nodes just finished
+    # Applied to every node's log-probabilities before use, e.g. a per-token temperature.
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     stats: ExpansionStats = field(default_factory=ExpansionStats)
 
     def expand(self, prompt: Sequence[int], visit: Visit, root_data: Any = None) -> ExpansionStats:
         """Visit the root, then every child the visits ask for, breadth first."""
         started = time.perf_counter()
         before_tokens, before_calls = self.backend.stats.tokens, self.backend.stats.calls
-        rows, logprobs = self.backend.start(prompt)
+        rows, logprobs = self._transformed(self.backend.start(prompt))
         self.stats.prompt_tokens += len(prompt)
         root = Node((), 0.0, root_data)
         self._expand_below(rows, self._children(root, 0, logprobs[0], visit), visit)
@@ -85,6 +87,10 @@ class PrefixTree:
         self.stats.forward_calls += self.backend.stats.calls - before_calls
         self.stats.seconds += time.perf_counter() - started
         return self.stats
+
+    def _transformed(self, step: tuple[Rows, torch.Tensor]) -> tuple[Rows, torch.Tensor]:
+        rows, logprobs = step
+        return rows, (self.transform(logprobs) if self.transform else logprobs)
 
     def _children(self, node: Node, row: int, logprobs: torch.Tensor, visit: Visit) -> list[_Pending]:
         return [
@@ -107,8 +113,8 @@ class PrefixTree:
             next_pending: list[_Pending] = []
             for start in range(0, len(group), self.batch_size):
                 batch = group[start : start + self.batch_size]
-                part, logprobs = self.backend.extend(
-                    rows, [p.parent_row for p in batch], [p.node.path[-1] for p in batch]
+                part, logprobs = self._transformed(
+                    self.backend.extend(rows, [p.parent_row for p in batch], [p.node.path[-1] for p in batch])
                 )
                 parts.append(part)
                 for offset, item in enumerate(batch):

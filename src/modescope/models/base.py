@@ -134,6 +134,11 @@ class Backend(ABC):
         self.check_length(len(prefixes[0]) if prefixes else 0)
         return PrefixRows(prefixes), self.next_logprobs(prefixes)
 
+    def advance(self, rows: Rows, keep: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
+        """Like `extend`, for decoding: row k of the result is `rows[keep[k]]` followed by `tokens[k]`, and
+        `rows` is consumed (the caller never uses it again), so a backend may grow its cache in place."""
+        return self.extend(rows, keep, tokens)
+
     def concat(self, parts: Sequence[Rows]) -> Rows:
         """Join batches of equal prefix length into one (used when a level is computed in chunks)."""
         joined: list[tuple[int, ...]] = []

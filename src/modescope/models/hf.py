@@ -97,6 +97,10 @@ class HFBackend(Backend):
         self.device = next(model.parameters()).device
         # transformers renamed the cache argument from `past_key_values` to `cache` during 5.x
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        # only the last position's logits are needed when encoding a prompt: skip the LM head elsewhere
+        self._last_logits_only = (
+            {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        )
         self._check_byte_table()
 
     def _check_byte_table(self) -> None:
@@ -153,23 +157,33 @@ class HFBackend(Backend):
             raise ModescopeError("the prompt encodes to no tokens; give a non-empty prompt")
         self.check_length(len(prompt))
         ids = torch.tensor([list(prompt)], dtype=torch.long)
-        out = self._forward(ids, use_cache=True)
+        out = self._forward(ids, use_cache=True, **self._last_logits_only)
         rows = CacheRows(self._cache_of(out), 1, len(prompt))
         return rows, self._logprobs(out.logits[:, -1])
 
     def extend(self, rows: Rows, parents: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
         assert isinstance(rows, CacheRows)
-        self.check_length(rows.prefix_length + 1)
         index = torch.tensor(list(parents), dtype=torch.long, device=self.device)
         source = rows.cache.layers
         cache = _rebuild_cache(
             rows.cache, lambda i: (source[i].keys.index_select(0, index), source[i].values.index_select(0, index))
         )
+        return self._step(cache, rows.prefix_length, tokens)
+
+    def advance(self, rows: Rows, keep: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
+        assert isinstance(rows, CacheRows)
+        cache = rows.cache
+        if list(keep) != list(range(rows.rows)):  # rows that finished are dropped; the others grow in place
+            cache.batch_select_indices(torch.tensor(list(keep), dtype=torch.long, device=self.device))
+        return self._step(cache, rows.prefix_length, tokens)
+
+    def _step(self, cache: Any, prefix_length: int, tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
+        """Forward one token per row on top of `cache` (whose rows match `tokens`)."""
+        self.check_length(prefix_length + 1)
         ids = torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)  # [rows, 1]
-        positions = torch.full_like(ids, rows.prefix_length).to(self.device)
+        positions = torch.full_like(ids, prefix_length).to(self.device)
         out = self._forward(ids, position_ids=positions, use_cache=True, **{self._cache_arg: cache})
-        new_rows = CacheRows(self._cache_of(out), len(tokens), rows.prefix_length + 1)
-        return new_rows, self._logprobs(out.logits[:, -1])
+        return CacheRows(self._cache_of(out), len(tokens), prefix_length + 1), self._logprobs(out.logits[:, -1])
 
     def concat(self, parts: Sequence[Rows]) -> Rows:
         caches = [p for p in parts if isinstance(p, CacheRows) and p.rows > 0]

@@ -233,6 +233,7 @@ class DistributionResult:
     tokenizations: str
     results: list[ModelDistribution]
     comparisons: list[Comparison]
+    temperature: float = 1.0  # per-token temperature applied along every path
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape: prompt, per-model results (outcomes in candidate order), pair comparisons."""
@@ -246,6 +247,7 @@ class DistributionResult:
             "prompt": self.prompt,
             "leading_space": self.leading_space,
             "tokenizations": self.tokenizations,
+            "temperature": self.temperature,
             "results": results,
             "comparisons": [asdict(c) for c in self.comparisons],
         }
@@ -271,6 +273,18 @@ class DistributionResult:
         return next(r for r in self.results if r.model == model)
 
 
+def check_temperature(temperature: float) -> None:
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ModescopeError(f"temperature must be a positive number (got {temperature}); 1 leaves the model as is")
+
+
+def tempered(temperature: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The per-token temperature transform of log-probabilities (None at temperature 1)."""
+    if temperature == 1.0:
+        return None
+    return lambda logprobs: torch.log_softmax(logprobs / temperature, dim=-1)
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -289,11 +303,15 @@ def outcome_distribution(
     tokenizations: Tokenizations = "all",
     batch_size: int = 128,
     progress: Callable[[int, int], None] | None = None,
+    temperature: float = 1.0,
 ) -> ModelDistribution:
     """One model's exact distribution over `candidates` after `prompt`.
 
+    With `temperature` τ != 1, every next-token distribution along every path is tempered first
+    (softmax(log p / τ)), which is what sampling at temperature τ does to the outcome probabilities.
     `progress(done, total)` is called as tree nodes are forwarded.
     """
+    check_temperature(temperature)
     if tokenizations not in ("all", "canonical"):
         raise ModescopeError(f"unknown tokenizations mode '{tokenizations}'; use all or canonical")
     targets = make_targets(candidates, leading_space)
@@ -331,7 +349,7 @@ def outcome_distribution(
         if progress:
             progress(done, total)
 
-    tree = PrefixTree(backend, batch_size=batch_size, progress=advance)
+    tree = PrefixTree(backend, batch_size=batch_size, progress=advance, transform=tempered(temperature))
     stats = tree.expand(prompt_ids, visit, planner.root)
     target_mass = np.array([math.fsum(math.exp(x) for x in p) for p in pieces], dtype=np.float64)
     target_mass = _disjoint_masses(targets, target_mass, _nested_in(targets, planner, backend.vocab))
@@ -390,6 +408,7 @@ def distribution(
     tokenizations: Tokenizations = "all",
     batch_size: int = 128,
     progress: Callable[[str, int, int], None] | None = None,
+    temperature: float = 1.0,
 ) -> DistributionResult:
     """Exact distribution of each model over `candidates` after `prompt`, and pairwise divergences.
 
@@ -405,8 +424,10 @@ def distribution(
     for backend in backends:
         report = (lambda done, total, name=backend.name: progress(name, done, total)) if progress else None
         results.append(
-            outcome_distribution(backend, prompt, candidates, leading_space, tokenizations, batch_size, report)
+            outcome_distribution(
+                backend, prompt, candidates, leading_space, tokenizations, batch_size, report, temperature
+            )
         )
     comparisons = [compare(a, b) for i, a in enumerate(results) for b in results[i + 1 :]]
     text = prompt if isinstance(prompt, str) else prompt.user
-    return DistributionResult(text, list(candidates), leading_space, tokenizations, results, comparisons)
+    return DistributionResult(text, list(candidates), leading_space, tokenizations, results, comparisons, temperature)
