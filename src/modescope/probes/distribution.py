@@ -295,6 +295,59 @@ def _finite(value: Any) -> Any:
     return value
 
 
+class AnswerTree:
+    """A candidate set spelled in one model's vocabulary: which tree nodes to expand, and how the node
+    probabilities add up to each candidate's mass."""
+
+    def __init__(
+        self, backend: Backend, candidates: Sequence[str], leading_space: LeadingSpace, tokenizations: Tokenizations
+    ) -> None:
+        if tokenizations not in ("all", "canonical"):
+            raise ModescopeError(f"unknown tokenizations mode '{tokenizations}'; use all or canonical")
+        self.candidates = list(candidates)
+        self.targets = make_targets(candidates, leading_space)
+        self.planner: _AllTokenizations | _CanonicalTokenization = (
+            _AllTokenizations(self.targets, backend.vocab)
+            if tokenizations == "all"
+            else _CanonicalTokenization(self.targets, backend)
+        )
+        self.nodes = self.planner.count_nodes()
+        if self.nodes > MAX_TREE_NODES:
+            raise ModescopeError(
+                f"spelling these candidates every possible way takes {self.nodes:,} tree nodes "
+                f"(limit {MAX_TREE_NODES:,}); use --tokenizations canonical or shorter candidates"
+            )
+        self.boundary = torch.tensor(backend.vocab.boundary_ids, dtype=torch.long)
+        self.nested = _nested_in(self.targets, self.planner, backend.vocab)
+
+    @property
+    def root(self) -> Any:
+        return self.planner.root
+
+    def children(self, data: Any) -> list[Child]:
+        return self.planner.expansion(data).children
+
+    def contributions(self, data: Any, node_logprob: float, logprobs: torch.Tensor) -> list[tuple[int, float]]:
+        """(target, log-probability) of every event that ends at this node: its text followed by a boundary
+        token, or a straddling token that finishes a target and starts a boundary."""
+        plan = self.planner.expansion(data)
+        found = []
+        if plan.terminals:
+            ending = node_logprob + float(torch.logsumexp(logprobs.index_select(0, self.boundary), 0))
+            found += [(k, ending) for k in plan.terminals]
+        found += [(k, node_logprob + float(logprobs[token])) for token, k in plan.straddles]
+        return found
+
+    def candidate_masses(self, pieces: Sequence[Sequence[float]]) -> np.ndarray:
+        """Each candidate's mass from the log-probabilities of its targets' events (made disjoint)."""
+        target_mass = np.array([math.fsum(math.exp(x) for x in p) for p in pieces], dtype=np.float64)
+        target_mass = _disjoint_masses(self.targets, target_mass, self.nested)
+        mass = np.zeros(len(self.candidates), dtype=np.float64)
+        for target, m in zip(self.targets, target_mass, strict=True):
+            mass[target.candidate] += m
+        return mass
+
+
 def outcome_distribution(
     backend: Backend,
     prompt: str | ChatPrompt,
@@ -312,34 +365,14 @@ def outcome_distribution(
     `progress(done, total)` is called as tree nodes are forwarded.
     """
     check_temperature(temperature)
-    if tokenizations not in ("all", "canonical"):
-        raise ModescopeError(f"unknown tokenizations mode '{tokenizations}'; use all or canonical")
-    targets = make_targets(candidates, leading_space)
+    answers = AnswerTree(backend, candidates, leading_space, tokenizations)
     prompt_ids = backend.prompt_ids(prompt)
-    planner: _AllTokenizations | _CanonicalTokenization
-    planner = (
-        _AllTokenizations(targets, backend.vocab)
-        if tokenizations == "all"
-        else _CanonicalTokenization(targets, backend)
-    )
-    total = planner.count_nodes()
-    if total > MAX_TREE_NODES:
-        raise ModescopeError(
-            f"spelling these candidates every possible way takes {total:,} tree nodes (limit {MAX_TREE_NODES:,}); "
-            "use --tokenizations canonical or shorter candidates"
-        )
-    boundary = torch.tensor(backend.vocab.boundary_ids, dtype=torch.long)
-    pieces: list[list[float]] = [[] for _ in targets]
+    pieces: list[list[float]] = [[] for _ in answers.targets]
 
     def visit(node: Node, logprobs: torch.Tensor) -> list[Child]:
-        plan = planner.expansion(node.data)
-        if plan.terminals:
-            ending = node.logprob + float(torch.logsumexp(logprobs.index_select(0, boundary), 0))
-            for k in plan.terminals:
-                pieces[k].append(ending)
-        for token, k in plan.straddles:
-            pieces[k].append(node.logprob + float(logprobs[token]))
-        return plan.children
+        for k, logmass in answers.contributions(node.data, node.logprob, logprobs):
+            pieces[k].append(logmass)
+        return answers.children(node.data)
 
     done = 0
 
@@ -347,16 +380,11 @@ def outcome_distribution(
         nonlocal done
         done += count
         if progress:
-            progress(done, total)
+            progress(done, answers.nodes)
 
     tree = PrefixTree(backend, batch_size=batch_size, progress=advance, transform=tempered(temperature))
-    stats = tree.expand(prompt_ids, visit, planner.root)
-    target_mass = np.array([math.fsum(math.exp(x) for x in p) for p in pieces], dtype=np.float64)
-    target_mass = _disjoint_masses(targets, target_mass, _nested_in(targets, planner, backend.vocab))
-    mass = np.zeros(len(candidates), dtype=np.float64)
-    for target, m in zip(targets, target_mass, strict=True):
-        mass[target.candidate] += m
-    return _summarize(backend.name, list(candidates), mass, stats)
+    stats = tree.expand(prompt_ids, visit, answers.root)
+    return _summarize(backend.name, answers.candidates, answers.candidate_masses(pieces), stats)
 
 
 def _summarize(model: str, candidates: list[str], mass: np.ndarray, stats: ExpansionStats) -> ModelDistribution:
