@@ -1,4 +1,4 @@
-"""Batched continuation: greedy or sampled, with a record of every generated token.
+"""Batched continuation: greedy or sampled through the sampler chain, recording every generated token.
 
 All n continuations share the prompt's KV cache; a row that ends (EOS or a stop string) is dropped from the
 batch at once, so finished rows cost nothing.
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from modescope.engine.samplers import SamplerSettings, sample
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend
 
@@ -22,7 +23,7 @@ LOG2 = math.log(2.0)
 class Alternative:
     id: int
     text: str
-    logprob: float  # natural log, under the raw model
+    logprob: float  # natural log of its probability under the raw model
 
 
 @dataclass
@@ -31,9 +32,11 @@ class TokenRecord:
 
     id: int
     text: str
-    logprob: float  # natural log of its probability under the raw model
+    logprob: float  # natural log of its probability under the distribution actually sampled from
+    raw_logprob: float  # natural log of its probability under the raw model
     entropy_bits: float  # entropy of the raw next-token distribution at this position
-    top: list[Alternative] = field(default_factory=list)
+    top: list[Alternative] = field(default_factory=list)  # the most likely tokens under the raw model
+    special: bool = False  # EOS or a control token: shown by name, not part of the text
 
 
 @dataclass
@@ -43,24 +46,22 @@ class Continuation:
 
     @property
     def text(self) -> str:
-        return "".join(t.text for t in self.tokens)
+        return "".join(t.text for t in self.tokens if not t.special)
 
     @property
-    def logprob(self) -> float:
-        return math.fsum(t.logprob for t in self.tokens)
+    def raw_logprob(self) -> float:
+        """log P(continuation | prompt) under the raw model, nats."""
+        return math.fsum(t.raw_logprob for t in self.tokens)
 
 
-def _entropy_bits(logprobs: torch.Tensor) -> torch.Tensor:
-    """Entropy of each row of log-probabilities, in bits."""
+def entropy_bits(logprobs: torch.Tensor) -> torch.Tensor:
+    """Entropy of each row of log-probabilities, in bits (0 log 0 = 0)."""
     return -(logprobs.exp() * logprobs.nan_to_num(neginf=0.0)).sum(-1) / LOG2
 
 
-def _choose(logprobs: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Next token of each row: argmax at temperature 0, else a sample from softmax(logprobs / temperature)."""
-    if temperature == 0.0:
-        return logprobs.argmax(-1)
-    probs = torch.softmax(logprobs / temperature, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def protected_tokens(backend: Backend) -> frozenset[int]:
+    """Tokens a sampler must not take away when that would stop the text from ending: EOS and newline."""
+    return backend.vocab.eos_ids | frozenset(backend.vocab.ids_with_bytes(b"\n"))
 
 
 def generate(
@@ -69,53 +70,63 @@ def generate(
     n: int = 1,
     max_tokens: int = 32,
     temperature: float = 0.0,
-    top_k_alternatives: int = 5,
+    sampler: SamplerSettings | None = None,
+    top_k_alternatives: int = 10,
     seed: int | None = None,
     stop: Sequence[str] = (),
 ) -> list[Continuation]:
-    """Continue `prompt` n times; the same seed gives the same samples on the same backend."""
+    """Continue `prompt` n times; the same seed gives the same samples on the same backend.
+
+    `sampler` is the full sampler chain; without it, `temperature` alone (0 = greedy). A continuation ends
+    at EOS, after the token that completes a stop string (kept in the text), or after `max_tokens`.
+    """
     if n < 1:
         raise ModescopeError(f"n must be at least 1 (got {n})")
     if max_tokens < 1:
         raise ModescopeError(f"max tokens must be at least 1 (got {max_tokens})")
-    if temperature < 0 or not math.isfinite(temperature):
-        raise ModescopeError(f"temperature must be 0 (greedy) or positive (got {temperature})")
     if any(s == "" for s in stop):
         raise ModescopeError("a stop string is empty; give non-empty stop strings")
+    settings = sampler if sampler is not None else SamplerSettings.make(temperature=temperature)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    protected = protected_tokens(backend)
     rows, logprobs = backend.start(prompt)
     logprobs = logprobs.expand(n, -1)
     records: list[list[TokenRecord]] = [[] for _ in range(n)]
+    texts = [""] * n
     finish = ["length"] * n
-    active = list(range(n))  # continuation index of each current row (all rows share the prompt at step 0)
+    active = list(range(n))  # the continuation of each current row; all rows share the prompt at step 0
     for step in range(max_tokens):
-        chosen = _choose(logprobs, temperature, generator)
-        entropy = _entropy_bits(logprobs)
+        chosen, sampled = sample(settings, logprobs, generator, protected)
+        entropy = entropy_bits(logprobs)
         top = logprobs.topk(min(top_k_alternatives, logprobs.shape[-1]), dim=-1) if top_k_alternatives else None
-        still: list[tuple[int, int, int]] = []  # (continuation, row, token)
+        keep: list[int] = []
         for row, index in enumerate(active):
             token = int(chosen[row])
-            alternatives = (
-                [
-                    Alternative(int(i), backend.token_text(int(i)), float(v))
-                    for v, i in zip(top.values[row], top.indices[row], strict=True)
-                ]
-                if top is not None
-                else []
+            alternatives = []
+            if top is not None:
+                pairs = zip(top.indices[row].tolist(), top.values[row].tolist(), strict=True)
+                alternatives = [Alternative(i, backend.token_text(i), v) for i, v in pairs]
+            special = token in backend.vocab.special_ids
+            record = TokenRecord(
+                token,
+                backend.token_text(token),
+                float(sampled[row, token]),
+                float(logprobs[row, token]),
+                float(entropy[row]),
+                alternatives,
+                special,
             )
-            records[index].append(
-                TokenRecord(
-                    token, backend.token_text(token), float(logprobs[row, token]), float(entropy[row]), alternatives
-                )
-            )
+            records[index].append(record)
+            texts[index] += "" if special else record.text
             if token in backend.vocab.eos_ids:
                 finish[index] = "eos"
-            elif stop and any(s in "".join(t.text for t in records[index]) for s in stop):
+            elif any(s in texts[index] for s in stop):
                 finish[index] = "stop"
             else:
-                still.append((index, 0 if step == 0 else row, token))
-        if not still or step == max_tokens - 1:
+                keep.append(row)
+        if not keep or step == max_tokens - 1:
             break
-        active = [s[0] for s in still]
-        rows, logprobs = backend.extend(rows, [s[1] for s in still], [s[2] for s in still])
+        parents = [0] * len(keep) if step == 0 else keep
+        rows, logprobs = backend.advance(rows, parents, [int(chosen[row]) for row in keep])
+        active = [active[row] for row in keep]
     return [Continuation(tokens, reason) for tokens, reason in zip(records, finish, strict=True)]
