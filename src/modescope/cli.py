@@ -273,6 +273,297 @@ def _metric_table(
     return table
 
 
+def _sampler(
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    min_p: float,
+    typical_p: float,
+    top_n_sigma: float | None,
+    xtc_threshold: float,
+    xtc_probability: float,
+    order: list[str] | None,
+    console: Console,
+) -> Any:
+    from modescope.engine.samplers import DEFAULT_ORDER, SamplerSettings
+
+    settings = SamplerSettings.make(
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        typical_p=typical_p,
+        top_n_sigma=top_n_sigma,
+        xtc_threshold=xtc_threshold,
+        xtc_probability=xtc_probability,
+        order=tuple(order) if order else DEFAULT_ORDER,
+    )
+    for warning in settings.warnings():
+        _console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+    return settings
+
+
+@app.command()
+def sample(
+    model: Models = None,
+    prompt: Annotated[str | None, typer.Option(help="The prompt text.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt from a UTF-8 file (kept verbatim).")] = None,
+    chat: Annotated[bool, typer.Option(help="Render the prompt as a user message through the chat template.")] = False,
+    system: Annotated[str | None, typer.Option(help="System message (with --chat).")] = None,
+    prefill: Annotated[str, typer.Option(help="Start of the assistant's reply (with --chat).")] = "",
+    n: Annotated[int, typer.Option("-n", "--n", help="Completions per model.")] = 16,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per completion at most.")] = 64,
+    stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop string; repeat for more.")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same samples.")] = 0,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.", rich_help_panel="Sampler chain")] = 1.0,
+    top_k: Annotated[
+        int, typer.Option(help="Keep the k most likely tokens (0 = off).", rich_help_panel="Sampler chain")
+    ] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus mass (1 = off).", rich_help_panel="Sampler chain")] = 1.0,
+    min_p: Annotated[
+        float, typer.Option(help="Keep p >= min_p * p_max (0 = off).", rich_help_panel="Sampler chain")
+    ] = 0.0,
+    typical_p: Annotated[
+        float, typer.Option(help="Locally typical mass (1 = off).", rich_help_panel="Sampler chain")
+    ] = 1.0,
+    top_n_sigma: Annotated[
+        float | None, typer.Option(help="Keep logits within n std of the max.", rich_help_panel="Sampler chain")
+    ] = None,
+    xtc_threshold: Annotated[
+        float, typer.Option(help="XTC: tokens at or above it are 'top choices'.", rich_help_panel="Sampler chain")
+    ] = 0.1,
+    xtc_probability: Annotated[
+        float,
+        typer.Option(help="XTC: chance per token to exclude top choices (0 = off).", rich_help_panel="Sampler chain"),
+    ] = 0.0,
+    sampler_order: Annotated[
+        list[str] | None,
+        typer.Option("--sampler-order", help="Sampler names in order; repeat.", rich_help_panel="Sampler chain"),
+    ] = None,
+    top_alternatives: Annotated[int, typer.Option(help="Alternatives recorded per token.")] = 10,
+    max_n: Annotated[int, typer.Option(help="Refuse larger -n.")] = 1024,
+    show: Annotated[int, typer.Option(help="Completions printed per model.")] = 4,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write every completion, token and metric as JSON.")
+    ] = None,
+    html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML page of the completions.")] = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> None:
+    """n completions per model with per-token probabilities, and how diverse they are."""
+    with user_errors():
+        from modescope.models import DEFAULT_MODELS
+        from modescope.models.base import ChatPrompt
+        from modescope.probes.sampling import sample_models
+
+        text = _read_prompt(prompt, prompt_file)
+        if not chat and (system is not None or prefill):
+            raise ModescopeError("--system and --prefill need --chat")
+        if n < 1 or n > max_n:
+            raise ModescopeError(f"-n must be between 1 and {max_n} (got {n}); raise --max-n for more samples")
+        if max_tokens < 1 or top_alternatives < 0 or show < 0:
+            raise ModescopeError("--max-tokens must be at least 1; --top-alternatives and --show at least 0")
+        console = _console()
+        settings = _sampler(
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            typical_p,
+            top_n_sigma,
+            xtc_threshold,
+            xtc_probability,
+            sampler_order,
+            console,
+        )
+        _prepare_output(json_path, "--json")
+        _prepare_output(html, "--html")
+        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        with console.status("sampling") as status:
+            result = sample_models(
+                backends,
+                ChatPrompt(text, system, prefill) if chat else text,
+                n=n,
+                max_tokens=max_tokens,
+                sampler=settings,
+                seed=seed,
+                stop=stop or (),
+                top_k_alternatives=top_alternatives,
+                max_samples=max_n,
+                progress=lambda name: status.update(f"sampling {n} completions from {name}"),
+            )
+        _print_samples(result, console, show)
+        if json_path is not None:
+            json_path.write_text(_strict_json(result.to_dict()))
+            console.print(f"wrote {json_path}")
+        if html is not None:
+            from modescope.viz.tokens_html import write_sampling_page
+
+            write_sampling_page(result, html)
+            console.print(f"wrote {html}")
+
+
+def _named_metric(name: str, metrics_of: Callable[[Any], dict[str, float]]) -> Callable[[Any], str]:
+    """A table cell: the metric `name` of an item, to four significant digits."""
+    return lambda item: f"{metrics_of(item)[name]:.4g}"
+
+
+def _strict_json(data: Any) -> str:
+    from modescope.probes.distribution import finite_json
+
+    return finite_json(data)
+
+
+def _print_samples(result: Any, console: Console, show: int) -> None:
+    import math
+
+    from rich.text import Text
+
+    for model in result.models:
+        console.rule(f"{model.model}: {result.n} completions in {model.seconds:.1f} s")
+        for k, completion in enumerate(model.completions[:show]):
+            line = Text(f"{k + 1:>3}  ")
+            for token in completion.tokens:
+                p = math.exp(token.raw_logprob)
+                colour = "green" if p >= 0.9 else "yellow" if p >= 0.5 else "dark_orange" if p >= 0.1 else "red"
+                line.append(token.text if not token.special else f"⟨{token.text}⟩", style=colour)
+            console.print(line)
+    per_model = [(name, _named_metric(name, lambda m: m.metrics)) for name in result.models[0].metrics]
+    console.print(
+        _metric_table(
+            "Diversity (colours: raw probability ≥0.9 green, ≥0.5 yellow, ≥0.1 orange, else red)",
+            [m.model for m in result.models],
+            per_model,
+            result.models,
+        )
+    )
+
+
+@app.command()
+def diversity(
+    texts: Annotated[Path, typer.Option(help='JSONL file, one {"group": str, "text": str} per line.')],
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics per group as JSON.")] = None,
+) -> None:
+    """Diversity metrics of externally generated texts, per group (typically one group per prompt)."""
+    with user_errors():
+        from modescope.metrics.diversity import diversity_of_jsonl
+
+        _prepare_output(json_path, "--json")
+        console = _console()
+        with console.status("computing diversity metrics"):
+            groups = diversity_of_jsonl(texts)
+        names = list(next(iter(groups.values())))
+        rows = [(name, _named_metric(name, lambda g: g)) for name in names]
+        console.print(_metric_table("Diversity per group", list(groups), rows, list(groups.values())))
+        if json_path is not None:
+            json_path.write_text(_strict_json(groups))
+            console.print(f"wrote {json_path}")
+
+
+@app.command(name="temperature")
+def temperature_command(
+    model: Models = None,
+    prompt: Annotated[str | None, typer.Option(help="The prompt text.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt from a UTF-8 file (kept verbatim).")] = None,
+    chat: Annotated[bool, typer.Option(help="Render the prompt as a user message through the chat template.")] = False,
+    temperature: Annotated[
+        list[float] | None, typer.Option("--temperature", help="Temperature of the sweep; repeat.")
+    ] = None,
+    n: Annotated[int, typer.Option("-n", "--n", help="Completions per model and temperature.")] = 16,
+    max_tokens: Annotated[int, typer.Option(help="Tokens per completion at most.")] = 48,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    integers: Annotated[
+        tuple[int, int] | None, typer.Option(metavar="LO HI", help="Outcome-level test on these integers.")
+    ] = None,
+    choices: Annotated[list[str] | None, typer.Option("--choices", help="Outcome-level test on these answers.")] = None,
+    tokenizations: Annotated[
+        Tokenizations, typer.Option(help="Spellings counted by the outcome-level test.")
+    ] = Tokenizations.all,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the sweep and the fits as JSON.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG: metrics vs temperature, and divergence vs tau.")
+    ] = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> None:
+    """Diversity vs temperature per model, and "is it just temperature?": can one temperature turn the first
+    model (the base) into the second (the tuned one)?"""
+    with user_errors():
+        from modescope.models import DEFAULT_MODELS
+        from modescope.models.base import ChatPrompt
+        from modescope.probes import temperature as probe
+
+        text = _read_prompt(prompt, prompt_file)
+        temperatures = temperature or list(probe.DEFAULT_TEMPERATURES)
+        if any(not (t >= 0) for t in temperatures):
+            raise ModescopeError("temperatures must be 0 (greedy) or positive")
+        if n < 1 or max_tokens < 1:
+            raise ModescopeError("-n and --max-tokens must be at least 1")
+        cands = _candidates(integers, choices, None, 100_000) if (integers or choices) else None
+        _prepare_output(json_path, "--json")
+        _prepare_output(plot, "--plot")
+        console = _console()
+        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        the_prompt = ChatPrompt(text) if chat else text
+        with console.status("sweeping temperatures") as status:
+            sweep = probe.temperature_sweep(backends, the_prompt, temperatures, n, max_tokens, seed, status.update)
+            fits = []
+            if len(backends) >= 2:
+                base, tuned = backends[0], backends[1]
+                if probe.same_tokenizer(base, tuned):
+                    status.update("token-level temperature fit")
+                    fits += probe.token_level_fits(base, tuned, the_prompt, seed=seed)
+                else:
+                    console.print(
+                        f"token-level test skipped: '{base.name}' and '{tuned.name}' have different tokenizers"
+                    )
+                if cands is not None:
+                    status.update("outcome-level temperature fit")
+                    fits += probe.outcome_level_fits(base, tuned, the_prompt, cands, tokenizations=tokenizations.value)
+                elif not fits:
+                    console.print("outcome-level test skipped: give a candidate set (--integers LO HI or --choices)")
+        _print_sweep(sweep, fits, console)
+        if json_path is not None:
+            json_path.write_text(_strict_json(probe.report_dict(sweep, fits)))
+            console.print(f"wrote {json_path}")
+        if plot is not None:
+            from modescope.viz.temperature_plot import plot_temperature
+
+            plot_temperature(sweep, fits, plot)
+            console.print(f"wrote {plot}")
+
+
+def _print_sweep(sweep: Any, fits: list[Any], console: Console) -> None:
+    from rich.table import Table
+
+    names = ["mean_entropy_bits", "distinct_2", "self_bleu", "embedding_diversity", "equivalence_classes"]
+    table = Table(title="Diversity vs temperature", title_justify="left")
+    for column in ["model", "T", *names]:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for point in sweep.points:
+        table.add_row(
+            point.model, f"{point.temperature:g}", *(f"{point.metrics.get(k, float('nan')):.3g}" for k in names)
+        )
+    console.print(table)
+    if fits:
+        fit_table = Table(title="Is it just temperature? (divergence in bits)", title_justify="left")
+        for column in ["form", "tempered model", "to match", "tau*", "D(tau*)", "D(1)", "explained"]:
+            fit_table.add_column(
+                column, justify="left" if column in ("form", "tempered model", "to match") else "right"
+            )
+        for f in fits:
+            fit_table.add_row(
+                f.form,
+                f.source,
+                f.target,
+                f"{f.tau:.3f}",
+                f"{f.divergence_at_tau:.4f}",
+                f"{f.divergence_at_one:.4f}",
+                f"{f.explained:.1%}",
+            )
+        console.print(fit_table)
+
+
 @app.command()
 def models() -> None:
     """List the preset models, whether each is installed, and whether its converted copy is cached."""

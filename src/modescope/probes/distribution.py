@@ -255,7 +255,7 @@ class DistributionResult:
     def to_json(self) -> str:
         """`to_dict` as strict JSON: a value that is not a finite number (a Spearman correlation of a constant
         distribution, say) is written as null."""
-        return json.dumps(_finite(self.to_dict()), indent=2, ensure_ascii=False, allow_nan=False)
+        return finite_json(self.to_dict())
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per (model, outcome): model, text, mass, prob."""
@@ -283,6 +283,11 @@ def tempered(temperature: float) -> Callable[[torch.Tensor], torch.Tensor] | Non
     if temperature == 1.0:
         return None
     return lambda logprobs: torch.log_softmax(logprobs / temperature, dim=-1)
+
+
+def finite_json(data: Any) -> str:
+    """Strict JSON (indented, UTF-8 kept) in which every non-finite float is written as null."""
+    return json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False)
 
 
 def _finite(value: Any) -> Any:
