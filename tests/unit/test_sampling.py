@@ -1,0 +1,162 @@
+"""Batched sampling with per-token records, the sampling probe, its HTML page and the CLI commands."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modescope.engine.decode import generate
+from modescope.engine.samplers import SamplerSettings
+from modescope.errors import ModescopeError
+from modescope.models.analytic import AnalyticBackend
+from modescope.probes.sampling import sample_models
+from modescope.viz.tokens_html import sampling_page
+from tests.unit.test_cli import assert_user_error, invoke, toy_models  # noqa: F401 - fixture
+from tests.unit.tiny_models import tiny_backend
+
+TOKENS = ["a", "b", "c", " ", ".", "\n", "<script>", "&", "x"]
+
+
+def fake_embedder(texts: list[str]) -> np.ndarray:
+    """Bag-of-characters embeddings, L2-normalized: enough to tell identical texts from different ones."""
+    vectors = np.array([[text.count(ch) for ch in "abcx .&"] + [1.0] for text in texts], dtype=np.float64)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def toy() -> AnalyticBackend:
+    return AnalyticBackend(TOKENS, name="toy", seed=4, sharpness=1.0)
+
+
+def test_same_seed_same_samples_and_labelled_probabilities(toy: AnalyticBackend) -> None:
+    settings = SamplerSettings.make(temperature=1.0, top_k=3)
+    first = generate(toy, [1], n=6, max_tokens=8, sampler=settings, seed=11)
+    again = generate(toy, [1], n=6, max_tokens=8, sampler=settings, seed=11)
+    other = generate(toy, [1], n=6, max_tokens=8, sampler=settings, seed=12)
+    assert [c.text for c in first] == [c.text for c in again]
+    assert [c.text for c in first] != [c.text for c in other]
+    for completion in first:
+        for record in completion.tokens:
+            # top-3 renormalizes, so the sampled-from probability is at least the raw one
+            assert record.logprob >= record.raw_logprob - 1e-12
+            assert len(record.top) == 10 and record.top[0].logprob >= record.raw_logprob
+            assert record.id in {a.id for a in record.top[:3]}
+
+
+def test_greedy_rows_agree_and_carry_the_raw_probability(toy: AnalyticBackend) -> None:
+    completions = generate(toy, [1], n=3, max_tokens=5)
+    assert len({c.text for c in completions}) == 1
+    for record in completions[0].tokens:
+        assert record.logprob == 0.0  # a point mass
+        assert record.raw_logprob == pytest.approx(record.top[0].logprob)
+
+
+def test_finished_rows_leave_the_batch() -> None:
+    backend = tiny_backend()
+    prompt = backend.encode("Q: go")
+    completions = generate(backend, prompt, n=8, max_tokens=12, temperature=3.0, seed=0, stop=["1"])
+    lengths = [len(c.tokens) for c in completions]
+    assert min(lengths) < 12, "no row stopped early: pick another seed"
+    for c in completions:
+        if c.finish_reason == "stop":
+            assert "1" in c.text and "1" not in "".join(t.text for t in c.tokens[:-1])
+    # one position per live row per step after the prompt: finished rows cost nothing
+    assert backend.stats.tokens == len(prompt) + sum(n - 1 for n in lengths)
+
+
+def test_stop_and_eos_reasons(toy: AnalyticBackend) -> None:
+    completions = generate(toy, [1], n=16, max_tokens=30, temperature=1.0, seed=3, stop=["."])
+    reasons = {c.finish_reason for c in completions}
+    assert reasons <= {"stop", "eos", "length"} and "stop" in reasons
+    for c in completions:
+        if c.finish_reason == "eos":
+            assert c.tokens[-1].special and c.text == "".join(t.text for t in c.tokens[:-1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": 0}, "n must be"),
+        ({"max_tokens": 0}, "max tokens must be"),
+        ({"stop": [""]}, "stop string is empty"),
+    ],
+)
+def test_generate_rejects_bad_input(toy: AnalyticBackend, kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ModescopeError, match=message):
+        generate(toy, [1], **kwargs)  # type: ignore[arg-type]
+
+
+def test_probe_reports_every_metric_and_the_json_shape(toy: AnalyticBackend) -> None:
+    other = AnalyticBackend(TOKENS, name="other", seed=9, sharpness=4.0)
+    result = sample_models([toy, other], "x", n=5, max_tokens=6, seed=1, embedder=fake_embedder)
+    data = json.loads(json.dumps(result.to_dict()))
+    assert [m["model"] for m in data["models"]] == ["toy", "other"]
+    for model in data["models"]:
+        assert len(model["completions"]) == 5
+        token = model["completions"][0]["tokens"][0]
+        assert {"id", "text", "logprob", "raw_logprob", "entropy_bits", "top"} <= set(token)
+        assert {"text", "logprob"} <= set(token["top"][0])
+        for name in ("distinct_1", "distinct_4", "self_bleu", "compression_ratio", "embedding_diversity"):
+            assert name in model["metrics"]
+        for name in ("equivalence_classes", "mean_entropy_bits", "branching_factor", "share_confident"):
+            assert name in model["metrics"]
+    sharp = result.models[1].metrics
+    assert sharp["branching_factor"] == pytest.approx(math.exp(sharp["mean_entropy_bits"] * math.log(2)))
+
+
+def test_probe_refuses_too_many_samples(toy: AnalyticBackend) -> None:
+    with pytest.raises(ModescopeError, match="raise --max-n"):
+        sample_models(toy, "x", n=9, max_samples=8)
+
+
+def test_html_page_escapes_model_text(toy: AnalyticBackend) -> None:
+    result = sample_models(toy, "<script>a.b", n=12, max_tokens=10, seed=2, embedder=fake_embedder)
+    assert any("<script>" in c.text for c in result.models[0].completions)
+    page = sampling_page(result)
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;" in page
+    assert page.count('class="completion"') == 12
+
+
+@pytest.mark.usefixtures("toy_models")
+def test_sample_command_writes_json_and_html(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("modescope.metrics.diversity.default_embedder", lambda: fake_embedder)
+    out = tmp_path / "s.json"
+    page = tmp_path / "s.html"
+    result = invoke(
+        "sample --model a --model b --prompt x -n 4 --max-tokens 5 --min-p 0.05 --json", out, "--html", page
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert len(data["models"]) == 2 and data["sampler"]["min_p"] == 0.05
+    assert page.read_text().startswith("<!doctype html>")
+
+
+@pytest.mark.usefixtures("toy_models")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ("sample --model a --prompt x --temperature -1", "temperature"),
+        ("sample --model a --prompt x --top-p 0", "top-p"),
+        ("sample --model a --prompt x --top-p 1.5", "top-p"),
+        ("sample --model a --prompt x --min-p 1.5", "min-p"),
+        ("sample --model a --prompt x -n 0", "-n must be between 1 and 1024"),
+        ("sample --model a --prompt x -n 2000", "raise --max-n"),
+        ("sample --model a --prompt x --stop ''", "stop string is empty"),
+        ("sample --model a --prompt x --sampler-order nope", "nope"),
+    ],
+)
+def test_sample_command_rejects_bad_input(args: str, message: str) -> None:
+    assert_user_error(invoke(args), message)
+
+
+@pytest.mark.usefixtures("toy_models")
+def test_xtc_threshold_above_half_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("modescope.metrics.diversity.default_embedder", lambda: fake_embedder)
+    result = invoke("sample --model a --prompt x -n 2 --max-tokens 3 --xtc-threshold 0.6 --xtc-probability 0.5")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "0.5" in result.output
