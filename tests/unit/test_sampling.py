@@ -160,3 +160,26 @@ def test_xtc_threshold_above_half_warns(tmp_path: Path, monkeypatch: pytest.Monk
     result = invoke("sample --model a --prompt x -n 2 --max-tokens 3 --xtc-threshold 0.6 --xtc-probability 0.5")
     assert result.exit_code == 0, result.output
     assert "warning:" in result.output and "0.5" in result.output
+
+
+def test_inverse_cdf_sampling_follows_the_distribution() -> None:
+    import torch
+
+    from modescope.engine.samplers import inverse_cdf_sample
+
+    probs = torch.tensor([[0.5, 0.2, 0.0, 0.3]], dtype=torch.float64).expand(40_000, -1)
+    drawn = inverse_cdf_sample(probs, torch.Generator().manual_seed(0))
+    counts = torch.bincount(drawn, minlength=4).double() / len(drawn)
+    assert counts[2] == 0
+    assert counts.tolist() == pytest.approx([0.5, 0.2, 0.0, 0.3], abs=0.01)
+    again = inverse_cdf_sample(probs, torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, again)
+
+
+def test_inverse_cdf_never_lands_on_a_zero_probability_tail() -> None:
+    import torch
+
+    from modescope.engine.samplers import inverse_cdf_sample
+
+    probs = torch.tensor([[0.0, 1.0, 0.0, 0.0]] * 1000, dtype=torch.float64)
+    assert set(inverse_cdf_sample(probs, torch.Generator().manual_seed(1)).tolist()) == {1}
