@@ -183,3 +183,49 @@ def test_inverse_cdf_never_lands_on_a_zero_probability_tail() -> None:
 
     probs = torch.tensor([[0.0, 1.0, 0.0, 0.0]] * 1000, dtype=torch.float64)
     assert set(inverse_cdf_sample(probs, torch.Generator().manual_seed(1)).tolist()) == {1}
+
+
+@pytest.mark.usefixtures("toy_models")
+def test_temperature_command_sweeps_and_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("modescope.metrics.diversity.default_embedder", lambda: fake_embedder)
+    out, plot = tmp_path / "t.json", tmp_path / "t.png"
+    result = invoke(
+        "temperature --model a --model b --prompt x -n 3 --max-tokens 4 --temperature 0.5 --temperature 1.5 "
+        "--integers 0 12 --json",
+        out,
+        "--plot",
+        plot,
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [p["temperature"] for p in data["sweep"]] == [0.5, 0.5, 1.5, 1.5]
+    forms = [(f["form"], f["source"]) for f in data["fits"]]
+    assert forms == [("token", "a"), ("token", "b"), ("outcome", "a"), ("outcome", "b")]  # same toy tokenizer
+    assert plot.read_bytes().startswith(b"\x89PNG")
+    assert "Is it just temperature?" in result.output
+
+
+@pytest.mark.usefixtures("toy_models")
+def test_temperature_command_rejects_negative_temperatures() -> None:
+    assert_user_error(invoke("temperature --model a --prompt x --temperature -0.5"), "temperatures must be")
+
+
+def test_diversity_command_on_external_texts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("modescope.metrics.diversity.default_embedder", lambda: fake_embedder)
+    texts = tmp_path / "texts.jsonl"
+    rows = [("p1", "a cat sat"), ("p1", "a cat sat"), ("p2", "the dog ran"), ("p2", "birds fly high")]
+    texts.write_text("\n".join(json.dumps({"group": g, "text": t}) for g, t in rows) + "\n")
+    out = tmp_path / "d.json"
+    result = invoke("diversity --texts", texts, "--json", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert list(data) == ["p1", "p2"]
+    assert data["p1"]["equivalence_classes"] == 1 and data["p2"]["equivalence_classes"] == 2
+    assert data["p1"]["distinct_1"] < data["p2"]["distinct_1"]
+
+
+def test_diversity_command_rejects_bad_jsonl(tmp_path: Path) -> None:
+    texts = tmp_path / "bad.jsonl"
+    texts.write_text('{"group": "p", "text": "ok"}\nnot json\n')
+    assert_user_error(invoke("diversity --texts", texts), "line 2")
