@@ -37,6 +37,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_dist.py
+	$(PY) benchmarks/bench_sample.py
 
 clean:
 	rm -rf $(VENV) out
