@@ -24,13 +24,10 @@ import io
 import json
 import math
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +35,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from common import Timing, against, detail, environment, import_heavy, task, timed
 
 if TYPE_CHECKING:
     from modescope.models.base import Backend
@@ -58,25 +57,6 @@ console = Console()
 
 
 # --- measurements ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Timing:
-    """Wall-clock seconds of repeated runs of one step."""
-
-    runs_s: list[float]
-    first_call_s: float | None = None  # an untimed warm-up run, reported separately (one-off costs)
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.runs_s)
-
-    @property
-    def best_s(self) -> float:
-        return min(self.runs_s)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"best_s": self.best_s, "median_s": self.median_s}
 
 
 @dataclass
@@ -150,31 +130,6 @@ class ModelReport:
         data["worst_candidate"] = self.worst_candidate
         data["agrees"] = self.agrees
         return data | self.extra
-
-
-def timed(step: Callable[[], T]) -> tuple[float, T]:
-    start = time.perf_counter()
-    value = step()
-    return time.perf_counter() - start, value
-
-
-@contextlib.contextmanager
-def task(progress: Progress, description: str, total: int | None) -> Iterator[Callable[[], None]]:
-    """A progress line for one slow step; yields a function that advances it by one."""
-    task_id = progress.add_task(description, total=total)
-    try:
-        yield lambda: progress.advance(task_id)
-    finally:
-        progress.remove_task(task_id)
-
-
-def import_heavy() -> None:
-    """Import what every load needs (torch, transformers), so load timings leave the imports out."""
-    from transformers import AutoModelForCausalLM
-
-    from modescope.models.hf import HFBackend
-
-    del AutoModelForCausalLM, HFBackend
 
 
 def load_cold(name: str, device: str) -> float:
@@ -326,17 +281,8 @@ def bench_model(
 # --- output ------------------------------------------------------------------------------------------------
 
 
-def against(met: bool, target: str) -> str:
-    return f"{target} [green]met[/]" if met else f"{target} [red]missed[/]"
-
-
 def best(timing: Timing | None) -> str:
     return f"{timing.best_s:.2f} s" if timing else "skipped"
-
-
-def detail(timing: Timing) -> str:
-    first = f", first call {timing.first_call_s:.2f}" if timing.first_call_s is not None else ""
-    return f"{best(timing)} (median {timing.median_s:.2f}{first})"
 
 
 def model_table(report: ModelReport) -> Table:
@@ -399,19 +345,6 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
     for measure, values in rows.items():
         table.add_row(measure, *values)
     return table
-
-
-def environment() -> dict[str, Any]:
-    import torch
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "load_average_1m_start": os.getloadavg()[0],
-    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

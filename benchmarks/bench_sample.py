@@ -42,7 +42,6 @@ The speed target (modescope at least as fast as the baseline per generated token
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import cProfile
 import gc
@@ -50,13 +49,11 @@ import io
 import json
 import math
 import os
-import platform
 import pstats
-import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -65,6 +62,8 @@ import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from common import Timing, against, detail, environment, import_heavy, task, timed
 
 if TYPE_CHECKING:
     from modescope.engine.decode import Continuation
@@ -86,25 +85,6 @@ console = Console()
 
 
 # --- measurements ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Timing:
-    """Wall-clock seconds of repeated runs of one step."""
-
-    runs_s: list[float]
-    first_call_s: float | None = None  # an untimed warm-up run, reported separately (one-off costs)
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.runs_s)
-
-    @property
-    def best_s(self) -> float:
-        return min(self.runs_s)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"best_s": self.best_s, "median_s": self.median_s}
 
 
 @dataclass
@@ -216,31 +196,6 @@ class PeakRSS:
     @property
     def increase(self) -> int:
         return self.peak - self.before
-
-
-def timed(step: Callable[[], T]) -> tuple[float, T]:
-    start = time.perf_counter()
-    value = step()
-    return time.perf_counter() - start, value
-
-
-@contextlib.contextmanager
-def task(progress: Progress, description: str, total: int | None) -> Iterator[Callable[[], None]]:
-    """A progress line for one slow step; yields a function that advances it by one."""
-    task_id = progress.add_task(description, total=total)
-    try:
-        yield lambda: progress.advance(task_id)
-    finally:
-        progress.remove_task(task_id)
-
-
-def import_heavy() -> None:
-    """Import what every load needs (torch, transformers), so the measurements leave the imports out."""
-    from transformers import AutoModelForCausalLM
-
-    from modescope.models.hf import HFBackend
-
-    del AutoModelForCausalLM, HFBackend
 
 
 def without_eos(backend: HFBackend) -> HFBackend:
@@ -444,17 +399,8 @@ def bench_model(name: str, args: argparse.Namespace, progress: Progress) -> Mode
 # --- output ------------------------------------------------------------------------------------------------
 
 
-def against(met: bool, target: str) -> str:
-    return f"{target} [green]met[/]" if met else f"{target} [red]missed[/]"
-
-
 def gib(size: int) -> str:
     return f"{size / 2**30:.2f} GiB"
-
-
-def detail(timing: Timing) -> str:
-    first = f", first call {timing.first_call_s:.2f}" if timing.first_call_s is not None else ""
-    return f"{timing.best_s:.2f} s (median {timing.median_s:.2f}{first})"
 
 
 def model_table(report: ModelReport) -> Table:
@@ -518,20 +464,6 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
     for measure, values in rows.items():
         table.add_row(measure, *values)
     return table
-
-
-def environment() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(),
-        "load_average_1m_start": os.getloadavg()[0],
-    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from modescope.models.base import Backend
+    from modescope.models.base import Backend, ChatPrompt
     from modescope.probes.distribution import DistributionResult
 
 app = typer.Typer(
@@ -83,6 +83,18 @@ def _read_prompt(prompt: str | None, prompt_file: Path | None) -> str:
     return text
 
 
+def _prompt(
+    prompt: str | None, prompt_file: Path | None, chat: bool, system: str | None = None, prefill: str = ""
+) -> str | ChatPrompt:
+    """The prompt the options describe: plain text, or a chat prompt rendered through each model's template."""
+    from modescope.models.base import ChatPrompt
+
+    text = _read_prompt(prompt, prompt_file)
+    if not chat and (system is not None or prefill):
+        raise ModescopeError("--system and --prefill need --chat")
+    return ChatPrompt(text, system, prefill) if chat else text
+
+
 def _candidates(
     integers: tuple[int, int] | None, choices: list[str] | None, choices_file: Path | None, limit: int
 ) -> list[str]:
@@ -119,17 +131,22 @@ Models = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
+PromptText = Annotated[str | None, typer.Option("--prompt", help="The prompt text.")]
+PromptFile = Annotated[Path | None, typer.Option(help="Read the prompt from a UTF-8 file (kept verbatim).")]
+Chat = Annotated[bool, typer.Option(help="Render the prompt as a user message through the chat template.")]
+System = Annotated[str | None, typer.Option(help="System message (with --chat).")]
+Prefill = Annotated[str, typer.Option(help="Start of the assistant's reply (with --chat).")]
 Dtype = Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16.")]
 
 
 @app.command()
 def dist(
     model: Models = None,
-    prompt: Annotated[str | None, typer.Option(help="The prompt text.")] = None,
-    prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt from a UTF-8 file (kept verbatim).")] = None,
-    chat: Annotated[bool, typer.Option(help="Render the prompt as a user message through the chat template.")] = False,
-    system: Annotated[str | None, typer.Option(help="System message (with --chat).")] = None,
-    prefill: Annotated[str, typer.Option(help="Start of the assistant's reply (with --chat).")] = "",
+    prompt: PromptText = None,
+    prompt_file: PromptFile = None,
+    chat: Chat = False,
+    system: System = None,
+    prefill: Prefill = "",
     integers: Annotated[
         tuple[int, int] | None, typer.Option(metavar="LO HI", help="Every integer from LO to HI inclusive.")
     ] = None,
@@ -157,9 +174,7 @@ def dist(
         from modescope.models import DEFAULT_MODELS
         from modescope.probes.distribution import check_temperature
 
-        text = _read_prompt(prompt, prompt_file)
-        if not chat and (system is not None or prefill):
-            raise ModescopeError("--system and --prefill need --chat")
+        the_prompt = _prompt(prompt, prompt_file, chat, system, prefill)
         cands = _candidates(integers, choices, choices_file, max_candidates)
         check_temperature(temperature)
         if batch_size < 1 or top < 1:
@@ -168,9 +183,7 @@ def dist(
         _prepare_output(plot, "--plot")
         console = _console()
         backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
-        result = _run_distribution(
-            backends, text, chat, system, prefill, cands, leading_space, tokenizations, batch_size, temperature
-        )
+        result = _run_distribution(backends, the_prompt, cands, leading_space, tokenizations, batch_size, temperature)
         _print_distribution(result, console, top)
         if json_path is not None:
             json_path.write_text(result.to_json())
@@ -184,10 +197,7 @@ def dist(
 
 def _run_distribution(
     backends: list[Backend],
-    text: str,
-    chat: bool,
-    system: str | None,
-    prefill: str,
+    prompt: str | ChatPrompt,
     cands: list[str],
     leading_space: LeadingSpace,
     tokenizations: Tokenizations,
@@ -196,10 +206,8 @@ def _run_distribution(
 ) -> DistributionResult:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from modescope.models.base import ChatPrompt
     from modescope.probes.distribution import distribution
 
-    prompt: str | ChatPrompt = ChatPrompt(text, system, prefill) if chat else text
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
     ) as bar:
@@ -306,11 +314,11 @@ def _sampler(
 @app.command()
 def sample(
     model: Models = None,
-    prompt: Annotated[str | None, typer.Option(help="The prompt text.")] = None,
-    prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt from a UTF-8 file (kept verbatim).")] = None,
-    chat: Annotated[bool, typer.Option(help="Render the prompt as a user message through the chat template.")] = False,
-    system: Annotated[str | None, typer.Option(help="System message (with --chat).")] = None,
-    prefill: Annotated[str, typer.Option(help="Start of the assistant's reply (with --chat).")] = "",
+    prompt: PromptText = None,
+    prompt_file: PromptFile = None,
+    chat: Chat = False,
+    system: System = None,
+    prefill: Prefill = "",
     n: Annotated[int, typer.Option("-n", "--n", help="Completions per model.")] = 16,
     max_tokens: Annotated[int, typer.Option(help="Tokens per completion at most.")] = 64,
     stop: Annotated[list[str] | None, typer.Option("--stop", help="Stop string; repeat for more.")] = None,
@@ -353,12 +361,9 @@ def sample(
     """n completions per model with per-token probabilities, and how diverse they are."""
     with user_errors():
         from modescope.models import DEFAULT_MODELS
-        from modescope.models.base import ChatPrompt
         from modescope.probes.sampling import sample_models
 
-        text = _read_prompt(prompt, prompt_file)
-        if not chat and (system is not None or prefill):
-            raise ModescopeError("--system and --prefill need --chat")
+        the_prompt = _prompt(prompt, prompt_file, chat, system, prefill)
         if n < 1 or n > max_n:
             raise ModescopeError(f"-n must be between 1 and {max_n} (got {n}); raise --max-n for more samples")
         if max_tokens < 1 or top_alternatives < 0 or show < 0:
@@ -382,7 +387,7 @@ def sample(
         with console.status("sampling") as status:
             result = sample_models(
                 backends,
-                ChatPrompt(text, system, prefill) if chat else text,
+                the_prompt,
                 n=n,
                 max_tokens=max_tokens,
                 sampler=settings,
@@ -463,9 +468,9 @@ def diversity(
 @app.command(name="temperature")
 def temperature_command(
     model: Models = None,
-    prompt: Annotated[str | None, typer.Option(help="The prompt text.")] = None,
-    prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt from a UTF-8 file (kept verbatim).")] = None,
-    chat: Annotated[bool, typer.Option(help="Render the prompt as a user message through the chat template.")] = False,
+    prompt: PromptText = None,
+    prompt_file: PromptFile = None,
+    chat: Chat = False,
     temperature: Annotated[
         list[float] | None, typer.Option("--temperature", help="Temperature of the sweep; repeat.")
     ] = None,
@@ -490,10 +495,9 @@ def temperature_command(
     model (the base) into the second (the tuned one)?"""
     with user_errors():
         from modescope.models import DEFAULT_MODELS
-        from modescope.models.base import ChatPrompt
         from modescope.probes import temperature as probe
 
-        text = _read_prompt(prompt, prompt_file)
+        the_prompt = _prompt(prompt, prompt_file, chat)
         temperatures = temperature or list(probe.DEFAULT_TEMPERATURES)
         if any(not (t >= 0) for t in temperatures):
             raise ModescopeError("temperatures must be 0 (greedy) or positive")
@@ -504,7 +508,6 @@ def temperature_command(
         _prepare_output(plot, "--plot")
         console = _console()
         backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
-        the_prompt = ChatPrompt(text) if chat else text
         with console.status("sweeping temperatures") as status:
             sweep = probe.temperature_sweep(backends, the_prompt, temperatures, n, max_tokens, seed, status.update)
             fits = []
