@@ -7,6 +7,7 @@ from pathlib import Path
 
 from modescope.probes.temperature import TemperatureFit, TemperatureSweep
 
+TAU_TICKS = [0.25, 0.5, 1.0, 2.0, 4.0]
 SWEEP_METRICS = [
     ("mean_entropy_bits", "mean token entropy (bits)"),
     ("distinct_2", "distinct-2"),
@@ -21,6 +22,7 @@ def plot_temperature(sweep: TemperatureSweep, fits: Sequence[TemperatureFit], pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
     rows = 2 if fits else 1
     fig, axes = plt.subplots(rows, len(SWEEP_METRICS), figsize=(4.2 * len(SWEEP_METRICS), 3.6 * rows), squeeze=False)
@@ -30,6 +32,8 @@ def plot_temperature(sweep: TemperatureSweep, fits: Sequence[TemperatureFit], pa
             ax.plot(sweep.temperatures, sweep.series(model, metric), marker="o", color=f"C{k}", label=model)
         ax.set_xlabel("temperature")
         ax.set_title(label, fontsize=10)
+        if metric == "equivalence_classes":
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     if fits:
@@ -40,6 +44,8 @@ def plot_temperature(sweep: TemperatureSweep, fits: Sequence[TemperatureFit], pa
             ax.plot(taus, values, color="C3")
             ax.axvline(fit.tau, color="k", linestyle="--", linewidth=1)
             ax.set_xscale("log")
+            ax.set_xticks(TAU_TICKS, [f"{t:g}" for t in TAU_TICKS])
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("τ applied to " + fit.source)
             ax.set_ylabel("KL to " + fit.target + " (bits)", fontsize=8)
             ax.set_title(f"{fit.form} level: τ* = {fit.tau:.2f}, explains {fit.explained:.0%}", fontsize=9)
