@@ -136,6 +136,19 @@ PromptFile = Annotated[Path | None, typer.Option(help="Read the prompt from a UT
 Chat = Annotated[bool, typer.Option(help="Render the prompt as a user message through the chat template.")]
 System = Annotated[str | None, typer.Option(help="System message (with --chat).")]
 Prefill = Annotated[str, typer.Option(help="Start of the assistant's reply (with --chat).")]
+
+
+class Equivalence(StrEnum):
+    rouge1 = "rouge1"
+    embedding = "embedding"
+
+
+EquivalenceTest = Annotated[
+    Equivalence, typer.Option(help="When two texts count as one answer (NoveltyBench classes): ROUGE-1 or embeddings.")
+]
+EquivalenceThreshold = Annotated[
+    float | None, typer.Option(help="Similarity at or above which two texts are one class (default per test).")
+]
 Dtype = Annotated[str, typer.Option(help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16.")]
 
 
@@ -349,6 +362,8 @@ def sample(
         typer.Option("--sampler-order", help="Sampler names in order; repeat.", rich_help_panel="Sampler chain"),
     ] = None,
     top_alternatives: Annotated[int, typer.Option(help="Alternatives recorded per token.")] = 10,
+    equivalence: EquivalenceTest = Equivalence.rouge1,
+    equivalence_threshold: EquivalenceThreshold = None,
     max_n: Annotated[int, typer.Option(help="Refuse larger -n.")] = 1024,
     show: Annotated[int, typer.Option(help="Completions printed per model.")] = 4,
     json_path: Annotated[
@@ -396,6 +411,8 @@ def sample(
                 top_k_alternatives=top_alternatives,
                 max_samples=max_n,
                 progress=lambda name: status.update(f"sampling {n} completions from {name}"),
+                equivalence=equivalence.value,
+                equivalence_threshold=equivalence_threshold,
             )
         _print_samples(result, console, show)
         if json_path is not None:
@@ -448,6 +465,8 @@ def _print_samples(result: Any, console: Console, show: int) -> None:
 def diversity(
     texts: Annotated[Path, typer.Option(help='JSONL file, one {"group": str, "text": str} per line.')],
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics per group as JSON.")] = None,
+    equivalence: EquivalenceTest = Equivalence.rouge1,
+    equivalence_threshold: EquivalenceThreshold = None,
 ) -> None:
     """Diversity metrics of externally generated texts, per group (typically one group per prompt)."""
     with user_errors():
@@ -456,7 +475,7 @@ def diversity(
         _prepare_output(json_path, "--json")
         console = _console()
         with console.status("computing diversity metrics"):
-            groups = diversity_of_jsonl(texts)
+            groups = diversity_of_jsonl(texts, equivalence=equivalence.value, threshold=equivalence_threshold)
         names = list(next(iter(groups.values())))
         rows = [(name, _named_metric(name, lambda g: g)) for name in names]
         console.print(_metric_table("Diversity per group", list(groups), rows, list(groups.values())))

@@ -229,3 +229,14 @@ def test_diversity_command_rejects_bad_jsonl(tmp_path: Path) -> None:
     texts = tmp_path / "bad.jsonl"
     texts.write_text('{"group": "p", "text": "ok"}\nnot json\n')
     assert_user_error(invoke("diversity --texts", texts), "line 2")
+
+
+def test_diversity_command_with_embedding_equivalence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("modescope.metrics.diversity.default_embedder", lambda: fake_embedder)
+    texts = tmp_path / "texts.jsonl"
+    rows = [("p", "a b c"), ("p", "c b a"), ("p", "x x x")]
+    texts.write_text("\n".join(json.dumps({"group": g, "text": t}) for g, t in rows))
+    out = tmp_path / "d.json"
+    strict = invoke("diversity --equivalence embedding --equivalence-threshold 0.999 --texts", texts, "--json", out)
+    assert strict.exit_code == 0, strict.output
+    assert json.loads(out.read_text())["p"]["equivalence_classes"] == 2  # same bag of characters: one class

@@ -6,12 +6,15 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modescope.engine.decode import Continuation, generate
 from modescope.engine.samplers import SamplerSettings
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend, ChatPrompt
+
+if TYPE_CHECKING:
+    from modescope.metrics.diversity import Equivalence
 
 MAX_SAMPLES = 1024  # per prompt and model, unless the caller raises it
 
@@ -71,13 +74,21 @@ def _token_dict(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def completion_metrics(completions: Sequence[Continuation], embedder: Any = None) -> dict[str, float]:
-    """Every diversity metric of the completions: text metrics, and token metrics from the raw model."""
+def completion_metrics(
+    completions: Sequence[Continuation],
+    embedder: Any = None,
+    equivalence: Equivalence = "rouge1",
+    equivalence_threshold: float | None = None,
+) -> dict[str, float]:
+    """Every diversity metric of the completions: text metrics, and token metrics from the raw model.
+
+    `equivalence` ("rouge1" or "embedding") and its threshold decide when two completions fall in one
+    NoveltyBench class (defaults in modescope.metrics.diversity)."""
     from modescope.metrics import diversity
 
     entropies = [t.entropy_bits for c in completions for t in c.tokens]
     raw_probs = [math.exp(t.raw_logprob) for c in completions for t in c.tokens]
-    metrics = diversity.text_metrics([c.text for c in completions], embedder=embedder)
+    metrics = diversity.text_metrics([c.text for c in completions], embedder, equivalence, equivalence_threshold)
     metrics["mean_entropy_bits"] = diversity.mean_entropy_bits(entropies)
     metrics["branching_factor"] = diversity.branching_factor(entropies)
     metrics["share_confident"] = diversity.share_confident(raw_probs)
@@ -97,6 +108,8 @@ def sample_models(
     max_samples: int = MAX_SAMPLES,
     embedder: Any = None,
     progress: Callable[[str], None] | None = None,
+    equivalence: Equivalence = "rouge1",
+    equivalence_threshold: float | None = None,
 ) -> SamplingResult:
     """n completions of `prompt` from each model with the same sampler and seed, and their metrics."""
     if n < 1 or n > max_samples:
@@ -121,6 +134,7 @@ def sample_models(
             stop=stop,
         )
         seconds = time.perf_counter() - started
-        results.append(ModelSamples(backend.name, completions, completion_metrics(completions, embedder), seconds))
+        metrics = completion_metrics(completions, embedder, equivalence, equivalence_threshold)
+        results.append(ModelSamples(backend.name, completions, metrics, seconds))
     text = prompt if isinstance(prompt, str) else prompt.user
     return SamplingResult(text, n, max_tokens, seed, settings, results)
