@@ -49,3 +49,15 @@ def test_temperature_sweep_and_outcome_level_fit(gemma: Backend, smollm: Backend
     assert forward.source == "gemma-3-270m" and reverse.source == "smollm2-135m-instruct"
     for fit in (forward, reverse):
         assert 0.05 <= fit.tau <= 20 and fit.divergence_at_tau <= fit.divergence_at_one + 1e-9
+
+
+def test_padded_batch_of_prompts_matches_one_at_a_time(model: Backend) -> None:
+    from modescope.engine.decode import generate, generate_many
+
+    prompts = [model.prompt_ids(p) for p in ["Q: Are bugs real?\nA:", "The capital of France is", "1, 2, 3,"]]
+    together = generate_many(model, prompts, max_tokens=8)
+    for prompt, batched in zip(prompts, together, strict=True):
+        (alone,) = generate(model, prompt, max_tokens=8)
+        assert [t.id for t in batched.tokens] == [t.id for t in alone.tokens]
+        for a, b in zip(batched.tokens, alone.tokens, strict=True):
+            assert a.raw_logprob == pytest.approx(b.raw_logprob, abs=1e-3)

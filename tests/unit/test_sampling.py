@@ -240,3 +240,37 @@ def test_diversity_command_with_embedding_equivalence(tmp_path: Path, monkeypatc
     strict = invoke("diversity --equivalence embedding --equivalence-threshold 0.999 --texts", texts, "--json", out)
     assert strict.exit_code == 0, strict.output
     assert json.loads(out.read_text())["p"]["equivalence_classes"] == 2  # same bag of characters: one class
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3", "analytic"])
+def test_prompts_of_different_lengths_decode_in_one_batch_as_they_would_alone(architecture: str) -> None:
+    """Left padding must not change anything: each row equals decoding its prompt on its own."""
+    from modescope.engine.decode import generate_many
+
+    backend = AnalyticBackend(TOKENS, seed=2) if architecture == "analytic" else tiny_backend(architecture)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 1, 2], [3, 3, 4, 5, 1]]
+    together = generate_many(backend, prompts, max_tokens=6, stop=["zz"])
+    for prompt, batched in zip(prompts, together, strict=True):
+        (alone,) = generate(backend, prompt, max_tokens=6, stop=["zz"])
+        assert [t.id for t in batched.tokens] == [t.id for t in alone.tokens]
+        for a, b in zip(batched.tokens, alone.tokens, strict=True):
+            assert a.raw_logprob == pytest.approx(b.raw_logprob, abs=1e-9)
+            assert a.entropy_bits == pytest.approx(b.entropy_bits, abs=1e-9)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_rows_of_a_padded_batch_finish_independently(architecture: str) -> None:
+    from modescope.engine.decode import generate_many
+
+    backend = tiny_backend(architecture)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 1, 2], [3, 3, 4, 5, 1]]
+    (first,) = generate(backend, prompts[0], max_tokens=8)
+    stop = [first.tokens[1].text]  # row 0 stops within two tokens; the others go on (or stop too)
+    together = generate_many(backend, prompts, max_tokens=8, stop=stop)
+    assert together[0].finish_reason == "stop" and len(together[0].tokens) <= 2
+    for prompt, batched in zip(prompts, together, strict=True):
+        (alone,) = generate(backend, prompt, max_tokens=8, stop=stop)
+        assert [t.id for t in batched.tokens] == [t.id for t in alone.tokens]
+        assert batched.finish_reason == alone.finish_reason
+        for a, b in zip(batched.tokens, alone.tokens, strict=True):
+            assert a.raw_logprob == pytest.approx(b.raw_logprob, abs=1e-9)

@@ -14,7 +14,7 @@ import torch
 
 from modescope.engine.samplers import SamplerSettings, sample
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend
+from modescope.models.base import Backend, Rows
 
 LOG2 = math.log(2.0)
 
@@ -64,6 +64,13 @@ def protected_tokens(backend: Backend) -> frozenset[int]:
     return backend.vocab.eos_ids | frozenset(backend.vocab.ids_with_bytes(b"\n"))
 
 
+def _check(max_tokens: int, stop: Sequence[str]) -> None:
+    if max_tokens < 1:
+        raise ModescopeError(f"max tokens must be at least 1 (got {max_tokens})")
+    if any(s == "" for s in stop):
+        raise ModescopeError("a stop string is empty; give non-empty stop strings")
+
+
 def generate(
     backend: Backend,
     prompt: Sequence[int],
@@ -82,19 +89,50 @@ def generate(
     """
     if n < 1:
         raise ModescopeError(f"n must be at least 1 (got {n})")
-    if max_tokens < 1:
-        raise ModescopeError(f"max tokens must be at least 1 (got {max_tokens})")
-    if any(s == "" for s in stop):
-        raise ModescopeError("a stop string is empty; give non-empty stop strings")
+    _check(max_tokens, stop)
+    rows, logprobs = backend.start(prompt)
     settings = sampler if sampler is not None else SamplerSettings.make(temperature=temperature)
+    return _decode(backend, rows, logprobs.expand(n, -1), True, max_tokens, settings, top_k_alternatives, seed, stop)
+
+
+def generate_many(
+    backend: Backend,
+    prompts: Sequence[Sequence[int]],
+    max_tokens: int = 32,
+    temperature: float = 0.0,
+    sampler: SamplerSettings | None = None,
+    top_k_alternatives: int = 10,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+) -> list[Continuation]:
+    """Continue each of several prompts (of any lengths) once, all in one batch: one decode call in total,
+    however many prompts (perturbed prefixes of an attractor experiment, say)."""
+    _check(max_tokens, stop)
+    rows, logprobs = backend.start_many(prompts)
+    settings = sampler if sampler is not None else SamplerSettings.make(temperature=temperature)
+    return _decode(backend, rows, logprobs, False, max_tokens, settings, top_k_alternatives, seed, stop)
+
+
+def _decode(
+    backend: Backend,
+    rows: Rows,
+    logprobs: torch.Tensor,
+    fan_out: bool,
+    max_tokens: int,
+    settings: SamplerSettings,
+    top_k_alternatives: int,
+    seed: int | None,
+    stop: Sequence[str],
+) -> list[Continuation]:
+    """The decoding loop. With `fan_out`, every continuation starts from the single row of `rows`; else
+    continuation k starts from row k."""
+    n = logprobs.shape[0]
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     protected = protected_tokens(backend)
-    rows, logprobs = backend.start(prompt)
-    logprobs = logprobs.expand(n, -1)
     records: list[list[TokenRecord]] = [[] for _ in range(n)]
     texts = [""] * n
     finish = ["length"] * n
-    active = list(range(n))  # the continuation of each current row; all rows share the prompt at step 0
+    active = list(range(n))  # the continuation of each current row
     for step in range(max_tokens):
         chosen, sampled = sample(settings, logprobs, generator, protected)
         entropy = entropy_bits(logprobs)
@@ -126,7 +164,7 @@ def generate(
                 keep.append(row)
         if not keep or step == max_tokens - 1:
             break
-        parents = [0] * len(keep) if step == 0 else keep
+        parents = [0] * len(keep) if step == 0 and fan_out else keep
         rows, logprobs = backend.advance(rows, parents, [int(chosen[row]) for row in keep])
         active = [active[row] for row in keep]
     return [Continuation(tokens, reason) for tokens, reason in zip(records, finish, strict=True)]

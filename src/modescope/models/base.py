@@ -124,6 +124,15 @@ class Backend(ABC):
         rows = PrefixRows([tuple(prompt)])
         return rows, self.next_logprobs(rows.prefixes)
 
+    def start_many(self, prompts: Sequence[Sequence[int]]) -> tuple[Rows, torch.Tensor]:
+        """Encode several prompts, of any lengths, as one batch of rows: shape [len(prompts), vocab]."""
+        if not prompts or not all(prompts):
+            raise ModescopeError("every prompt must encode to at least one token")
+        for prompt in prompts:
+            self.check_length(len(prompt))
+        rows = PrefixRows([tuple(p) for p in prompts])
+        return rows, self.next_logprobs(rows.prefixes)
+
     def extend(self, rows: Rows, parents: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
         """Child rows: row k is `rows[parents[k]]` followed by `tokens[k]`.
 
@@ -131,7 +140,7 @@ class Backend(ABC):
         """
         assert isinstance(rows, PrefixRows)
         prefixes = [rows.prefixes[p] + (t,) for p, t in zip(parents, tokens, strict=True)]
-        self.check_length(len(prefixes[0]) if prefixes else 0)
+        self.check_length(max((len(p) for p in prefixes), default=0))
         return PrefixRows(prefixes), self.next_logprobs(prefixes)
 
     def advance(self, rows: Rows, keep: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:

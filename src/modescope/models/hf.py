@@ -61,7 +61,9 @@ class CacheRows(Rows):
 
     cache: Any
     rows: int
-    prefix_length: int
+    prefix_length: int  # cache positions per row, left padding included
+    # [rows, prefix_length] attention mask (1 = real token) when rows were left-padded to one length
+    padding: torch.Tensor | None = None
 
     @property
     def count(self) -> int:
@@ -161,6 +163,24 @@ class HFBackend(Backend):
         rows = CacheRows(self._cache_of(out), 1, len(prompt))
         return rows, self._logprobs(out.logits[:, -1])
 
+    def start_many(self, prompts: Sequence[Sequence[int]]) -> tuple[Rows, torch.Tensor]:
+        """Encode prompts of different lengths in one left-padded batch (one row each)."""
+        if not prompts or not all(prompts):
+            raise ModescopeError("every prompt must encode to at least one token")
+        longest = max(len(p) for p in prompts)
+        self.check_length(longest)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(prompts), longest), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, longest - len(prompt) :] = torch.tensor(list(prompt))
+            mask[row, longest - len(prompt) :] = 1
+        mask = mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 in every row
+        out = self._forward(ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._last_logits_only)
+        rows = CacheRows(self._cache_of(out), len(prompts), longest, padding=mask)
+        return rows, self._logprobs(out.logits[:, -1])
+
     def extend(self, rows: Rows, parents: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
         assert isinstance(rows, CacheRows)
         index = torch.tensor(list(parents), dtype=torch.long, device=self.device)
@@ -168,22 +188,35 @@ class HFBackend(Backend):
         cache = _rebuild_cache(
             rows.cache, lambda i: (source[i].keys.index_select(0, index), source[i].values.index_select(0, index))
         )
-        return self._step(cache, rows.prefix_length, tokens)
+        padding = rows.padding.index_select(0, index) if rows.padding is not None else None
+        return self._step(cache, rows.prefix_length, tokens, padding)
 
     def advance(self, rows: Rows, keep: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
         assert isinstance(rows, CacheRows)
-        cache = rows.cache
+        cache, padding = rows.cache, rows.padding
         if list(keep) != list(range(rows.rows)):  # rows that finished are dropped; the others grow in place
-            cache.batch_select_indices(torch.tensor(list(keep), dtype=torch.long, device=self.device))
-        return self._step(cache, rows.prefix_length, tokens)
+            index = torch.tensor(list(keep), dtype=torch.long, device=self.device)
+            cache.batch_select_indices(index)
+            padding = padding.index_select(0, index) if padding is not None else None
+        return self._step(cache, rows.prefix_length, tokens, padding)
 
-    def _step(self, cache: Any, prefix_length: int, tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
+    def _step(
+        self, cache: Any, prefix_length: int, tokens: Sequence[int], padding: torch.Tensor | None = None
+    ) -> tuple[Rows, torch.Tensor]:
         """Forward one token per row on top of `cache` (whose rows match `tokens`)."""
-        self.check_length(prefix_length + 1)
         ids = torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)  # [rows, 1]
-        positions = torch.full_like(ids, prefix_length).to(self.device)
-        out = self._forward(ids, position_ids=positions, use_cache=True, **{self._cache_arg: cache})
-        return CacheRows(self._cache_of(out), len(tokens), prefix_length + 1), self._logprobs(out.logits[:, -1])
+        extra: dict[str, Any] = {}
+        if padding is None:
+            self.check_length(prefix_length + 1)
+            positions = torch.full_like(ids, prefix_length).to(self.device)
+        else:
+            positions = padding.sum(-1, keepdim=True)  # the next position of each row, padding left out
+            self.check_length(int(positions.max()) + 1)
+            padding = torch.cat([padding, torch.ones_like(padding[:, :1])], dim=-1)
+            extra["attention_mask"] = padding
+        out = self._forward(ids, position_ids=positions, use_cache=True, **extra, **{self._cache_arg: cache})
+        new_rows = CacheRows(self._cache_of(out), len(tokens), prefix_length + 1, padding)
+        return new_rows, self._logprobs(out.logits[:, -1])
 
     def concat(self, parts: Sequence[Rows]) -> Rows:
         caches = [p for p in parts if isinstance(p, CacheRows) and p.rows > 0]
@@ -194,7 +227,9 @@ class HFBackend(Backend):
             caches[0].cache,
             lambda i: (torch.cat([ls[i].keys for ls in layers]), torch.cat([ls[i].values for ls in layers])),
         )
-        return CacheRows(joined, sum(c.rows for c in caches), caches[0].prefix_length)
+        paddings = [c.padding for c in caches]
+        padding = torch.cat([p for p in paddings if p is not None]) if paddings[0] is not None else None
+        return CacheRows(joined, sum(c.rows for c in caches), caches[0].prefix_length, padding)
 
     def next_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         """Full forward of each prefix (no cache), grouped by length so no padding is involved."""
