@@ -77,3 +77,29 @@ class AnalyticBackend(Backend):
             total += float(logits[token] - np.logaddexp.reduce(logits))
             context.append(token)
         return total
+
+
+class TransitionBackend(AnalyticBackend):
+    """A Markov toy model: the next-token distribution depends only on the last token, by a hand-written table.
+
+    `table[a][b]` is P(b | last token a) for token strings a, b ("<eos>" ends the text); probabilities a row
+    leaves unassigned are spread evenly over every other token. Used to build models with a known attractor.
+    """
+
+    def __init__(self, tokens: Sequence[str], table: dict[str, dict[str, float]], name: str = "transitions") -> None:
+        super().__init__(tokens, name=name)
+        index = {piece: i for i, piece in enumerate(self.pieces)}
+        self.rows: dict[int, np.ndarray] = {}
+        for source, targets in table.items():
+            probs = np.zeros(self.vocab.size)
+            for target, p in targets.items():
+                probs[index[target]] = p
+            rest = max(1.0 - probs.sum(), 1e-9)
+            unassigned = probs == 0
+            probs[unassigned] = rest / unassigned.sum()
+            self.rows[index[source]] = np.log(probs / probs.sum())
+
+    def logits(self, prefix: Sequence[int]) -> np.ndarray:
+        if prefix and prefix[-1] in self.rows:
+            return self.rows[prefix[-1]]
+        return np.zeros(self.vocab.size)  # uniform after an unlisted token
