@@ -586,6 +586,168 @@ def _print_sweep(sweep: Any, fits: list[Any], console: Console) -> None:
         console.print(fit_table)
 
 
+class Ending(StrEnum):
+    sentence = "sentence"
+    edit = "edit"
+    embedding = "embedding"
+
+
+@app.command()
+def attractor(
+    model: Models = None,
+    prompt: PromptText = None,
+    prompt_file: PromptFile = None,
+    chat: Chat = False,
+    edit: Annotated[
+        list[str] | None, typer.Option("--edit", help="I:J:TEXT replaces characters I..J of the completion; repeat.")
+    ] = None,
+    swap_positions: Annotated[int, typer.Option(help="Evenly spaced positions for token swaps (0 = none).")] = 5,
+    position: Annotated[list[int] | None, typer.Option("--position", help="Swap at this token index; repeat.")] = None,
+    alternatives: Annotated[int, typer.Option(help="Swap in the k-th likeliest token for k = 2..K.")] = 3,
+    detour: Annotated[
+        list[int] | None, typer.Option("--detour", help="Sampled detour at this token index; repeat.")
+    ] = None,
+    detour_tokens: Annotated[int, typer.Option(help="Tokens sampled per detour.")] = 3,
+    max_tokens: Annotated[int, typer.Option(help="Length of the mainline, in tokens.")] = 48,
+    ending: Annotated[Ending, typer.Option(help="When an ending counts as converged.")] = Ending.sentence,
+    threshold: Annotated[float, typer.Option(help="Similarity threshold for --ending edit or embedding.")] = 0.9,
+    seed: Annotated[int, typer.Option(help="Seed of the sampled detours.")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write every run and the aggregates as JSON.")
+    ] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the aligned runs as a self-contained HTML page.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write a PNG of basin share and distances per model.")] = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> None:
+    """Perturb the greedy completion, regenerate every perturbation in one batch, and measure how often and how
+    fast it comes back to the same text (the basin share)."""
+    with user_errors():
+        from modescope.models import DEFAULT_MODELS
+        from modescope.probes.attractors import AttractorPlan, Edit, attractor_experiment
+
+        the_prompt = _prompt(prompt, prompt_file, chat)
+        plan = AttractorPlan(
+            edits=[Edit.parse(e) for e in edit or []],
+            swap_positions=swap_positions,
+            positions=position,
+            alternatives=alternatives,
+            detour_positions=detour or [],
+            detour_tokens=detour_tokens,
+            seed=seed,
+        )
+        for path, what in ((json_path, "--json"), (html, "--html"), (plot, "--plot")):
+            _prepare_output(path, what)
+        console = _console()
+        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        with console.status("mainlines and perturbations"):
+            results = attractor_experiment(backends, the_prompt, plan, max_tokens, ending.value, threshold)
+        _print_attractors(results, console)
+        if json_path is not None:
+            json_path.write_text(
+                _strict_json({"prompt": _prompt_text(the_prompt), "models": [r.to_dict() for r in results]})
+            )
+            console.print(f"wrote {json_path}")
+        if html is not None:
+            from modescope.viz.attractor_html import write_attractor_page
+
+            write_attractor_page(results, _prompt_text(the_prompt), html)
+            console.print(f"wrote {html}")
+        if plot is not None:
+            from modescope.viz.attractor_plot import plot_attractors
+
+            plot_attractors(results, plot)
+            console.print(f"wrote {plot}")
+
+
+def _prompt_text(prompt: str | ChatPrompt) -> str:
+    return prompt if isinstance(prompt, str) else prompt.user
+
+
+def _print_attractors(results: list[Any], console: Console) -> None:
+    from rich.table import Table
+
+    for result in results:
+        console.rule(f"{result.model}: mainline")
+        console.print(result.mainline.text, markup=False)
+        runs = Table(title_justify="left")
+        for column in ["perturbation", "rejoins after", "confidence on detour", "ending"]:
+            runs.add_column(column, justify="left" if column == "perturbation" else "right")
+        for r in result.runs:
+            distance = "never" if r.reconvergence_tokens is None else f"{r.reconvergence_tokens} tokens"
+            runs.add_row(
+                r.perturbation.label, distance, f"{r.divergent_confidence:.2f}", "same" if r.converged else "differs"
+            )
+        console.print(runs)
+    per_model: list[tuple[str, Callable[[Any], str]]] = [
+        ("perturbations", lambda r: str(len(r.runs))),
+        ("basin share (rejoined)", lambda r: f"{r.basin_share:.0%}"),
+        ("ending converged", lambda r: f"{r.ending_share:.0%}"),
+        ("median tokens to rejoin", lambda r: f"{r.median_distance:g}"),
+    ]
+    console.print(_metric_table("Attractors", [r.model for r in results], per_model, results))
+
+
+@app.command()
+def forks(
+    model: Models = None,
+    prompt: PromptText = None,
+    prompt_file: PromptFile = None,
+    chat: Chat = False,
+    samples: Annotated[int, typer.Option(help="Continuations sampled per alternative token.")] = 8,
+    threshold: Annotated[float, typer.Option(help="Alternatives at or above this probability are followed.")] = 0.05,
+    max_alternatives: Annotated[int, typer.Option(help="Alternatives per position, the mainline token included.")] = 4,
+    max_tokens: Annotated[int, typer.Option(help="Length of the mainline, in tokens.")] = 32,
+    outcome_regex: Annotated[
+        str | None, typer.Option(help="Outcome = this regex's group 1 (or match); default: the last sentence.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    top: Annotated[int, typer.Option(help="Forking positions to list.")] = 5,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write every position's outcomes as JSON.")] = None,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> None:
+    """Forking tokens: where along the greedy completion the final outcome gets decided."""
+    with user_errors():
+        from modescope.models import DEFAULT_MODELS
+        from modescope.probes.forks import forking_tokens
+
+        the_prompt = _prompt(prompt, prompt_file, chat)
+        _prepare_output(json_path, "--json")
+        console = _console()
+        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        reports = {}
+        for backend in backends:
+            with console.status(f"{backend.name}: sampling from every alternative along the mainline"):
+                result = forking_tokens(
+                    backend,
+                    backend.prompt_ids(the_prompt),
+                    max_tokens=max_tokens,
+                    samples=samples,
+                    threshold=threshold,
+                    max_alternatives=max_alternatives,
+                    seed=seed,
+                    outcome_regex=outcome_regex,
+                )
+            reports[backend.name] = result.to_dict()
+            _print_forks(backend.name, result, console, top)
+        if json_path is not None:
+            json_path.write_text(_strict_json({"prompt": _prompt_text(the_prompt), "models": reports}))
+            console.print(f"wrote {json_path}")
+
+
+def _print_forks(name: str, result: Any, console: Console, top: int) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{name}: forking tokens (largest shift of the outcome distribution)", title_justify="left")
+    for column in ["position", "token", "shift (TV)", "most likely outcome after it"]:
+        table.add_column(column, justify="right" if column in ("position", "shift (TV)") else "left")
+    for fork in result.forks(top):
+        best = max(fork.outcomes.items(), key=lambda kv: kv[1]) if fork.outcomes else ("", 0.0)
+        table.add_row(str(fork.position), repr(fork.token), f"{fork.change_score:.2f}", f"{best[1]:.0%} {best[0]!r}")
+    console.print(table)
+
+
 @app.command()
 def models() -> None:
     """List the preset models, whether each is installed, and whether its converted copy is cached."""

@@ -80,3 +80,13 @@ def test_edit_parsing_and_similarity() -> None:
         Edit.parse("3-7:x")
     assert edit_similarity("kitten", "sitting") == pytest.approx(1 - 3 / 7)
     assert edit_similarity("", "") == 1.0
+
+
+def test_embedding_criterion_uses_the_given_embedder() -> None:
+    from tests.unit.test_sampling import fake_embedder
+
+    strict = run_attractor(
+        chain_model(True), "Q", AttractorPlan(swap_positions=3), 20, "embedding", 0.999999, fake_embedder
+    )
+    assert all(r.embedding_cosine is not None for r in strict.runs)
+    assert [r.converged for r in strict.runs] == [r.embedding_cosine >= 0.999999 for r in strict.runs]  # type: ignore[operator]

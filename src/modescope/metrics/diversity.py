@@ -227,13 +227,13 @@ def _cosine_equivalence(cache: dict[str, np.ndarray], embedder: Embedder | None,
     def similar(a: str, b: str) -> bool:
         missing = [t for t in dict.fromkeys((a, b)) if t not in cache]
         if missing:
-            cache.update(zip(missing, _embed(missing, embedder), strict=True))
+            cache.update(zip(missing, embed(missing, embedder), strict=True))
         return float(cache[a] @ cache[b]) >= threshold
 
     return similar
 
 
-def _embed(texts: Sequence[str], embedder: Embedder | None) -> np.ndarray:
+def embed(texts: Sequence[str], embedder: Embedder | None) -> np.ndarray:
     """Embeddings of texts as unit rows [n, d], float64; normalized again so a careless embedder still works."""
     vectors = np.asarray((embedder if embedder is not None else default_embedder())(texts), dtype=np.float64)
     if vectors.ndim != 2 or len(vectors) != len(texts):
@@ -261,7 +261,7 @@ def embedding_diversity(texts: Sequence[str], embedder: Embedder | None = None) 
     """
     if len(texts) < 2:
         return NAN
-    return 1.0 - mean_pairwise_cosine(_embed(texts, embedder))
+    return 1.0 - mean_pairwise_cosine(embed(texts, embedder))
 
 
 # --- token level ---------------------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def text_metrics(
         raise ModescopeError("no texts to measure; give at least one text")
     if equivalence not in ("rouge1", "embedding"):
         raise ModescopeError(f"unknown equivalence test {equivalence!r}; use 'rouge1' or 'embedding'")
-    vectors = _embed(texts, embedder) if len(texts) > 1 else np.zeros((len(texts), 0))  # [n, d], shared
+    vectors = embed(texts, embedder) if len(texts) > 1 else np.zeros((len(texts), 0))  # [n, d], shared
     if equivalence == "rouge1":
         similar = rouge1_equivalence(DEFAULT_ROUGE1_THRESHOLD if threshold is None else threshold)
     else:

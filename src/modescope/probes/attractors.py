@@ -21,7 +21,7 @@ from modescope.engine.decode import Continuation, TokenRecord, generate, generat
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend, ChatPrompt
 
-Criterion = Literal["sentence", "edit"]
+Criterion = Literal["sentence", "edit", "embedding"]
 MIN_MATCH_CHARS = 12  # a rejoined piece must be this long (or be the whole rest of the text) to count
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -64,6 +64,7 @@ class PerturbedRun:
     last_sentence_equal: bool
     edit_similarity: float  # 1 - Levenshtein distance / longer length, of the two last sentences
     converged: bool  # the ending converged, by the experiment's criterion
+    embedding_cosine: float | None = None  # of the two last sentences, with the embedding criterion
 
     @property
     def reconverged(self) -> bool:
@@ -114,6 +115,7 @@ class AttractorResult:
                     "last_sentence_equal": r.last_sentence_equal,
                     "edit_similarity": r.edit_similarity,
                     "converged": r.converged,
+                    "embedding_cosine": r.embedding_cosine,
                 }
                 for r in self.runs
             ],
@@ -236,8 +238,13 @@ def run_attractor(
     max_tokens: int = 48,
     criterion: Criterion = "sentence",
     threshold: float = 0.9,
+    embedder: Any = None,
 ) -> AttractorResult:
-    """The mainline, every perturbation of the plan regenerated greedily in one batch, and the metrics."""
+    """The mainline, every perturbation of the plan regenerated greedily in one batch, and the metrics.
+
+    The ending converged when the last sentences are equal ("sentence"), or their normalized edit similarity
+    ("edit") or embedding cosine ("embedding", all-MiniLM-L6-v2 unless `embedder` is given) is at least
+    `threshold`."""
     if max_tokens < 2:
         raise ModescopeError("--max-tokens must be at least 2")
     prompt_ids = backend.prompt_ids(prompt)
@@ -248,17 +255,24 @@ def run_attractor(
     budgets = [max(1, len(ids) - p.position - len(p.inserted)) for p in perturbations]
     continuations = generate_many(backend, prefixes, max_tokens=max(budgets), top_k_alternatives=1) if prefixes else []
     runs = [
-        _measure(
-            backend,
-            mainline,
-            p,
-            Continuation(c.tokens[:budget], c.finish_reason if len(c.tokens) <= budget else "length"),
-            criterion,
-            threshold,
-        )
+        _measure(backend, mainline, p, _truncated(c, budget), criterion, threshold, embedder)
         for p, c, budget in zip(perturbations, continuations, budgets, strict=True)
     ]
     return AttractorResult(backend.name, mainline, runs)
+
+
+def _truncated(continuation: Continuation, budget: int) -> Continuation:
+    """The continuation cut to its own token budget (the batch ran to the longest budget)."""
+    if len(continuation.tokens) <= budget:
+        return continuation
+    return Continuation(continuation.tokens[:budget], "length")
+
+
+def _cosine(embedder: Any, a: str, b: str) -> float:
+    from modescope.metrics.diversity import embed
+
+    vectors = embed([a, b], embedder)
+    return float(vectors[0] @ vectors[1])
 
 
 def _measure(
@@ -268,6 +282,7 @@ def _measure(
     continuation: Continuation,
     criterion: Criterion,
     threshold: float,
+    embedder: Any,
 ) -> PerturbedRun:
     reference = _text(mainline.tokens[perturbation.position :])
     point = reconvergence(continuation, reference)
@@ -277,7 +292,9 @@ def _measure(
     perturbed_text = _text(mainline.tokens[: perturbation.position]) + inserted_text + continuation.text
     mine, theirs = last_sentence(perturbed_text), last_sentence(mainline.text)
     similarity = edit_similarity(mine, theirs)
-    converged = mine == theirs if criterion == "sentence" else similarity >= threshold
+    cosine = _cosine(embedder, mine, theirs) if criterion == "embedding" else None
+    score = {"sentence": float(mine == theirs), "edit": similarity, "embedding": cosine or 0.0}[criterion]
+    converged = score >= (1.0 if criterion == "sentence" else threshold)
     return PerturbedRun(
         perturbation,
         inserted_text,
@@ -288,6 +305,7 @@ def _measure(
         mine == theirs,
         similarity,
         converged,
+        cosine,
     )
 
 
@@ -298,8 +316,11 @@ def attractor_experiment(
     max_tokens: int = 48,
     criterion: Criterion = "sentence",
     threshold: float = 0.9,
+    embedder: Any = None,
 ) -> list[AttractorResult]:
     """The same plan on every model (each model perturbs its own mainline)."""
-    if criterion not in ("sentence", "edit"):
-        raise ModescopeError(f"unknown ending criterion {criterion!r}; use sentence or edit")
-    return [run_attractor(m, prompt, plan, max_tokens, criterion, threshold) for m in models]
+    if criterion not in ("sentence", "edit", "embedding"):
+        raise ModescopeError(f"unknown ending criterion {criterion!r}; use sentence, edit or embedding")
+    if len({m.name for m in models}) != len(models):
+        raise ModescopeError("a model is listed twice; name each model once")
+    return [run_attractor(m, prompt, plan, max_tokens, criterion, threshold, embedder) for m in models]
