@@ -704,6 +704,7 @@ def forks(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     top: Annotated[int, typer.Option(help="Forking positions to list.")] = 5,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every position's outcomes as JSON.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the mainline shaded by outcome shift as HTML.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
 ) -> None:
@@ -714,9 +715,10 @@ def forks(
 
         the_prompt = _prompt(prompt, prompt_file, chat)
         _prepare_output(json_path, "--json")
+        _prepare_output(html, "--html")
         console = _console()
         backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
-        reports = {}
+        reports, results = {}, {}
         for backend in backends:
             with console.status(f"{backend.name}: sampling from every alternative along the mainline"):
                 result = forking_tokens(
@@ -729,11 +731,16 @@ def forks(
                     seed=seed,
                     outcome_regex=outcome_regex,
                 )
-            reports[backend.name] = result.to_dict()
+            reports[backend.name], results[backend.name] = result.to_dict(), result
             _print_forks(backend.name, result, console, top)
         if json_path is not None:
             json_path.write_text(_strict_json({"prompt": _prompt_text(the_prompt), "models": reports}))
             console.print(f"wrote {json_path}")
+        if html is not None:
+            from modescope.viz.forks_html import write_forks_page
+
+            write_forks_page(results, _prompt_text(the_prompt), html)
+            console.print(f"wrote {html}")
 
 
 def _print_forks(name: str, result: Any, console: Console, top: int) -> None:

@@ -29,12 +29,23 @@ def test_attractor_command_writes_json(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("toy_models")
-def test_forks_command_writes_json(tmp_path: Path) -> None:
-    out = tmp_path / "f.json"
-    result = invoke("forks --model a --prompt x --max-tokens 6 --samples 2 --outcome-regex ([0-9]) --json", out)
+def test_forks_command_writes_json_and_html(tmp_path: Path) -> None:
+    out, page = tmp_path / "f.json", tmp_path / "f.html"
+    result = invoke(
+        "forks --model a --prompt x --max-tokens 6 --samples 2 --outcome-regex ([0-9]) --json", out, "--html", page
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert "a" in data["models"]
+    assert len(data["models"]["a"]["positions"]) >= 1
+    text = page.read_text()
+    assert text.count('class="fork"') == len(data["models"]["a"]["positions"])
+
+    from modescope.probes.forks import ForkPosition, ForkResult
+    from modescope.viz.forks_html import forks_page
+
+    hostile = ForkResult("<script>", [ForkPosition(0, "<script>", [], {"<b>": 1.0}, 0.0)])
+    escaped = forks_page({"<m>": hostile}, "<p>")
+    assert "<script" not in escaped.lower() and "&lt;script&gt;" in escaped and "<m>" not in escaped
 
 
 @pytest.mark.usefixtures("toy_models")
