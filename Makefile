@@ -38,6 +38,7 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/bench_dist.py
 	$(PY) benchmarks/bench_sample.py
+	$(PY) benchmarks/bench_attractor.py
 
 clean:
 	rm -rf $(VENV) out
