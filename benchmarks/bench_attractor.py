@@ -38,14 +38,21 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common import Timing, detail, environment, import_heavy, task, timed
+from common import (
+    Timing,
+    add_measure_rows,
+    benchmark_parser,
+    detail,
+    prepare_run,
+    task,
+    timed,
+)
 
 if TYPE_CHECKING:
     from modescope.models.base import Backend
@@ -267,18 +274,11 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
             "greedy ids differ": f"[{colour}]{len(r.mismatches)} of {len(r.labels)}[/]",
         }.items():
             rows.setdefault(measure, []).append(value)
-    for measure, values in rows.items():
-        table.add_row(measure, *values)
-    return table
+    return add_measure_rows(table, rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from modescope.models import DEFAULT_MODELS
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to this JSON file")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per side; the best is reported")
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL", help="models to measure")
+    parser = benchmark_parser(__doc__, repeats=2)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -286,12 +286,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
-    with console.status("importing torch and transformers"):
-        import_s, _ = timed(import_heavy)
-    env = environment() | {"imports_s": import_s, "repeats": args.repeats}
+    env = prepare_run(console.status, args.repeats)
     console.print(
         f"prompt {PLAIN_PROMPT!r}: greedy mainline of {MAX_TOKENS} tokens, swaps at {SWAP_POSITIONS} positions "
         f"(k=2..{ALTERNATIVES}); torch {env['torch']}, transformers {env['transformers']} on "

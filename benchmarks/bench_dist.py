@@ -36,7 +36,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common import Timing, against, detail, environment, import_heavy, task, timed
+from common import (
+    Timing,
+    add_measure_rows,
+    against,
+    benchmark_parser,
+    detail,
+    prepare_run,
+    task,
+    timed,
+)
 
 if TYPE_CHECKING:
     from modescope.models.base import Backend
@@ -342,20 +351,13 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
             "mass max rel. diff": f"[{colour}]{r.max_rel_diff:.1e}[/]",
         }.items():
             rows.setdefault(measure, []).append(value)
-    for measure, values in rows.items():
-        table.add_row(measure, *values)
-    return table
+    return add_measure_rows(table, rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from modescope.models import DEFAULT_MODELS
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = benchmark_parser(__doc__, repeats=3)
     parser.add_argument("--skip-cold", action="store_true", help="skip cold loads (each converts a GGUF: 20-60 s)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to this JSON file")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per step; the best is reported")
     parser.add_argument("--batch-size", type=int, default=32, help="rows per forward pass of the baseline")
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL", help="models to measure")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.batch_size < 1:
@@ -364,16 +366,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
+    env = prepare_run(console.status, args.repeats)
     import modescope
 
     prompt = PROMPT_FILE.read_text(encoding="utf-8")
     candidates = modescope.integers(LO, HI)
-    with console.status("importing torch and transformers"):
-        import_s, _ = timed(import_heavy)
-    env = environment() | {"imports_s": import_s, "repeats": args.repeats}
     console.print(f"prompt {prompt!r}")
     console.print(
         f"candidates {LO}..{HI} with optional leading space; torch {env['torch']} on {env['torch_threads']} "

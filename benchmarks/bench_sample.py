@@ -55,7 +55,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
@@ -63,7 +62,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from common import Timing, against, detail, environment, import_heavy, task, timed
+from common import (
+    Timing,
+    add_measure_rows,
+    against,
+    benchmark_parser,
+    detail,
+    prepare_run,
+    task,
+    timed,
+)
 
 if TYPE_CHECKING:
     from modescope.engine.decode import Continuation
@@ -461,18 +469,11 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
             "checks max |diff|": f"[{'green' if r.agrees else 'red'}]{r.worst_diff:.1e}[/]",
         }.items():
             rows.setdefault(measure, []).append(value)
-    for measure, values in rows.items():
-        table.add_row(measure, *values)
-    return table
+    return add_measure_rows(table, rows)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from modescope.models import DEFAULT_MODELS
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to this JSON file")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per side; the best is reported")
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL", help="models to measure")
+    parser = benchmark_parser(__doc__, repeats=3)
     parser.add_argument(
         "--profile", type=int, default=0, metavar="LINES", help="also cProfile one modescope run; print LINES rows"
     )
@@ -483,12 +484,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
-    with console.status("importing torch and transformers"):
-        import_s, _ = timed(import_heavy)
-    env = environment() | {"imports_s": import_s, "repeats": args.repeats}
+    env = prepare_run(console.status, args.repeats)
     console.print(
         f"question {QUESTION!r}: n={N} continuations of {MAX_TOKENS} tokens at temperature {TEMPERATURE:g}, seed "
         f"{SEED}, top-{TOP_K_ALTERNATIVES} alternatives; torch {env['torch']}, transformers {env['transformers']} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import platform
@@ -9,9 +10,11 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from rich.progress import Progress
+from rich.table import Table
 
 T = TypeVar("T")
 
@@ -82,3 +85,30 @@ def environment() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "load_average_1m_start": os.getloadavg()[0],
     }
+
+
+def benchmark_parser(doc: str | None, repeats: int) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --json, --repeats and --models."""
+    from modescope.models import DEFAULT_MODELS
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to this JSON file")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed runs per step; the best is reported")
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, metavar="MODEL", help="models to measure")
+    return parser
+
+
+def prepare_run(status: Callable[[str], Any], repeats: int) -> dict[str, Any]:
+    """Offline settings, torch and transformers imported (timed apart), and the environment block."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with status("importing torch and transformers"):
+        import_s, _ = timed(import_heavy)
+    return environment() | {"imports_s": import_s, "repeats": repeats}
+
+
+def add_measure_rows(table: Table, rows: dict[str, list[str]]) -> Table:
+    """One table row per measure, one column per model."""
+    for measure, values in rows.items():
+        table.add_row(measure, *values)
+    return table
