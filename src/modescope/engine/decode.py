@@ -64,11 +64,15 @@ def protected_tokens(backend: Backend) -> frozenset[int]:
     return backend.vocab.eos_ids | frozenset(backend.vocab.ids_with_bytes(b"\n"))
 
 
-def _check(max_tokens: int, stop: Sequence[str]) -> None:
+def _settings(
+    max_tokens: int, stop: Sequence[str], sampler: SamplerSettings | None, temperature: float
+) -> SamplerSettings:
+    """Check the options every decode takes; the sampler chain, or plain temperature without one."""
     if max_tokens < 1:
         raise ModescopeError(f"max tokens must be at least 1 (got {max_tokens})")
     if any(s == "" for s in stop):
         raise ModescopeError("a stop string is empty; give non-empty stop strings")
+    return sampler if sampler is not None else SamplerSettings.make(temperature=temperature)
 
 
 def generate(
@@ -89,9 +93,8 @@ def generate(
     """
     if n < 1:
         raise ModescopeError(f"n must be at least 1 (got {n})")
-    _check(max_tokens, stop)
+    settings = _settings(max_tokens, stop, sampler, temperature)
     rows, logprobs = backend.start(prompt)
-    settings = sampler if sampler is not None else SamplerSettings.make(temperature=temperature)
     return _decode(backend, rows, logprobs.expand(n, -1), True, max_tokens, settings, top_k_alternatives, seed, stop)
 
 
@@ -107,9 +110,8 @@ def generate_many(
 ) -> list[Continuation]:
     """Continue each of several prompts (of any lengths) once, all in one batch: one decode call in total,
     however many prompts (perturbed prefixes of an attractor experiment, say)."""
-    _check(max_tokens, stop)
+    settings = _settings(max_tokens, stop, sampler, temperature)
     rows, logprobs = backend.start_many(prompts)
-    settings = sampler if sampler is not None else SamplerSettings.make(temperature=temperature)
     return _decode(backend, rows, logprobs, False, max_tokens, settings, top_k_alternatives, seed, stop)
 
 
