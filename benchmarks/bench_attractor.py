@@ -33,15 +33,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from common import (
@@ -50,8 +48,11 @@ from common import (
     benchmark_parser,
     detail,
     prepare_run,
+    progress_bar,
     task,
     timed,
+    warn_if_busy,
+    write_figures,
 )
 
 if TYPE_CHECKING:
@@ -295,8 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     reports: list[ModelReport] = []
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         for name in args.models:
             report = bench_model(name, args, progress)
             reports.append(report)
@@ -306,36 +306,26 @@ def main(argv: list[str] | None = None) -> int:
                     f"  [yellow]differs[/] {m['label']} from token {m['first_difference_at']}:\n"
                     f"    batched:       {m['batched']!r}\n    one at a time: {m['one_at_a_time']!r}"
                 )
-    env["load_average_1m_end"] = os.getloadavg()[0]
+    warn_if_busy(console, env)
     console.print(summary_table(reports, env))
-    others = max(env["load_average_1m_start"], env["load_average_1m_end"] - env["torch_threads"])
-    if others > 0.5 * (env["cpus"] or 1):
-        console.print(
-            f"[yellow]warning[/]: the machine may have been busy with other work (load average "
-            f"{env['load_average_1m_start']:.1f} at the start, {env['load_average_1m_end']:.1f} at the end, on "
-            f"{env['cpus']} CPUs with {env['torch_threads']} torch threads here); timings may be noisy"
-        )
 
     failed = [r.model for r in reports if not r.agrees]
-    if args.json:
-        figures = {
-            "prompt": PLAIN_PROMPT,
-            "settings": {
-                "max_tokens": MAX_TOKENS,
-                "swap_positions": SWAP_POSITIONS,
-                "alternatives": ALTERNATIVES,
-                "top_k_alternatives": 1,
-                "greedy": True,
-            },
-            "timing": f"best of {args.repeats}, interleaved (median and every run included)",
-            "mismatch_limit": MISMATCH_LIMIT,
-            "environment": env,
-            "models": [r.to_dict() for r in reports],
-            "ok": not failed,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        console.print(f"figures written to {args.json}")
+    figures = {
+        "prompt": PLAIN_PROMPT,
+        "settings": {
+            "max_tokens": MAX_TOKENS,
+            "swap_positions": SWAP_POSITIONS,
+            "alternatives": ALTERNATIVES,
+            "top_k_alternatives": 1,
+            "greedy": True,
+        },
+        "timing": f"best of {args.repeats}, interleaved (median and every run included)",
+        "mismatch_limit": MISMATCH_LIMIT,
+        "environment": env,
+        "models": [r.to_dict() for r in reports],
+        "ok": not failed,
+    }
+    write_figures(args.json, figures, console)
     if failed:
         console.print(
             f"[red]FAIL[/]: batched and one-at-a-time greedy ids differ for more than {MISMATCH_LIMIT:.0%} of the "

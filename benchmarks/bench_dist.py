@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import gc
 import io
-import json
 import math
 import os
 import shutil
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from common import (
@@ -43,8 +42,11 @@ from common import (
     benchmark_parser,
     detail,
     prepare_run,
+    progress_bar,
     task,
     timed,
+    warn_if_busy,
+    write_figures,
 )
 
 if TYPE_CHECKING:
@@ -379,43 +381,31 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     reports: list[ModelReport] = []
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         for name in args.models:
             report = bench_model(name, prompt, candidates, args, progress)
             reports.append(report)
             progress.console.print(model_table(report))
-    env["load_average_1m_end"] = os.getloadavg()[0]
+    warn_if_busy(console, env)
     console.print(summary_table(reports, env))
-    # The load average counts this script's own torch threads too; what is left over is other work.
-    others = max(env["load_average_1m_start"], env["load_average_1m_end"] - env["torch_threads"])
-    if others > 0.5 * (env["cpus"] or 1):
-        console.print(
-            f"[yellow]warning[/]: the machine may have been busy with other work (load average "
-            f"{env['load_average_1m_start']:.1f} at the start, {env['load_average_1m_end']:.1f} at the end, on "
-            f"{env['cpus']} CPUs with {env['torch_threads']} torch threads here); timings may be noisy"
-        )
 
     failed = [r.model for r in reports if not r.agrees]
-    if args.json:
-        figures = {
-            "prompt": prompt,
-            "candidates": f"{LO}..{HI}",
-            "leading_whitespace_variants": list(WHITESPACE_VARIANTS),
-            "timing": f"best of {args.repeats} (median and every run included)",
-            "targets": {
-                "warm_load_s": WARM_LOAD_TARGET_S,
-                "speedup": SPEEDUP_TARGET,
-                "token_ratio": TOKEN_RATIO_TARGET,
-                "max_rel_diff": AGREEMENT_LIMIT,
-            },
-            "environment": env,
-            "models": [r.to_dict() for r in reports],
-            "ok": not failed,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        console.print(f"figures written to {args.json}")
+    figures = {
+        "prompt": prompt,
+        "candidates": f"{LO}..{HI}",
+        "leading_whitespace_variants": list(WHITESPACE_VARIANTS),
+        "timing": f"best of {args.repeats} (median and every run included)",
+        "targets": {
+            "warm_load_s": WARM_LOAD_TARGET_S,
+            "speedup": SPEEDUP_TARGET,
+            "token_ratio": TOKEN_RATIO_TARGET,
+            "max_rel_diff": AGREEMENT_LIMIT,
+        },
+        "environment": env,
+        "models": [r.to_dict() for r in reports],
+        "ok": not failed,
+    }
+    write_figures(args.json, figures, console)
     if failed:
         console.print(
             f"[red]FAIL[/]: baseline and engine masses differ by more than {AGREEMENT_LIMIT:g} relative for "

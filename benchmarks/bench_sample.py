@@ -46,9 +46,7 @@ import copy
 import cProfile
 import gc
 import io
-import json
 import math
-import os
 import pstats
 import sys
 import threading
@@ -59,7 +57,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
 from common import (
@@ -69,8 +67,11 @@ from common import (
     benchmark_parser,
     detail,
     prepare_run,
+    progress_bar,
     task,
     timed,
+    warn_if_busy,
+    write_figures,
 )
 
 if TYPE_CHECKING:
@@ -493,48 +494,36 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     reports: list[ModelReport] = []
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         for name in args.models:
             report = bench_model(name, args, progress)
             reports.append(report)
             progress.console.print(model_table(report))
             if "profile" in report.extra:
                 progress.console.print(f"cProfile of one modescope run on {name}:", report.extra["profile"])
-    env["load_average_1m_end"] = os.getloadavg()[0]
+    warn_if_busy(console, env)
     console.print(summary_table(reports, env))
-    # The load average counts this script's own torch threads too; what is left over is other work.
-    others = max(env["load_average_1m_start"], env["load_average_1m_end"] - env["torch_threads"])
-    if others > 0.5 * (env["cpus"] or 1):
-        console.print(
-            f"[yellow]warning[/]: the machine may have been busy with other work (load average "
-            f"{env['load_average_1m_start']:.1f} at the start, {env['load_average_1m_end']:.1f} at the end, on "
-            f"{env['cpus']} CPUs with {env['torch_threads']} torch threads here); timings may be noisy"
-        )
 
     failed = [r.model for r in reports if not r.agrees]
-    if args.json:
-        figures = {
-            "question": QUESTION,
-            "plain_prompt": PLAIN_PROMPT,
-            "settings": {
-                "n": N,
-                "max_tokens": MAX_TOKENS,
-                "temperature": TEMPERATURE,
-                "top_k_alternatives": TOP_K_ALTERNATIVES,
-                "seed": SEED,
-                "eos": "off on both sides",
-            },
-            "timing": f"best of {args.repeats}, interleaved (median and every run included)",
-            "memory": f"peak RSS sampled every {RSS_INTERVAL_S * 1000:g} ms, and its increase within the run",
-            "targets": {"speedup_per_token": SPEEDUP_TARGET, "max_abs_diff": AGREEMENT_LIMIT},
-            "environment": env,
-            "models": [r.to_dict() for r in reports],
-            "ok": not failed,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        console.print(f"figures written to {args.json}")
+    figures = {
+        "question": QUESTION,
+        "plain_prompt": PLAIN_PROMPT,
+        "settings": {
+            "n": N,
+            "max_tokens": MAX_TOKENS,
+            "temperature": TEMPERATURE,
+            "top_k_alternatives": TOP_K_ALTERNATIVES,
+            "seed": SEED,
+            "eos": "off on both sides",
+        },
+        "timing": f"best of {args.repeats}, interleaved (median and every run included)",
+        "memory": f"peak RSS sampled every {RSS_INTERVAL_S * 1000:g} ms, and its increase within the run",
+        "targets": {"speedup_per_token": SPEEDUP_TARGET, "max_abs_diff": AGREEMENT_LIMIT},
+        "environment": env,
+        "models": [r.to_dict() for r in reports],
+        "ok": not failed,
+    }
+    write_figures(args.json, figures, console)
     if failed:
         console.print(
             f"[red]FAIL[/]: recorded and rescored log-probabilities differ by more than {AGREEMENT_LIMIT:g} for "

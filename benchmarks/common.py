@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import statistics
@@ -13,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rich.progress import Progress
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 T = TypeVar("T")
@@ -112,3 +114,31 @@ def add_measure_rows(table: Table, rows: dict[str, list[str]]) -> Table:
     for measure, values in rows.items():
         table.add_row(measure, *values)
     return table
+
+
+def progress_bar(console: Console) -> Progress:
+    """The progress display every benchmark shows while it measures."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    return Progress(*columns, TimeElapsedColumn(), console=console, transient=True)
+
+
+def warn_if_busy(console: Console, env: dict[str, Any]) -> None:
+    """Record the load average at the end and warn when other work probably shared the CPUs."""
+    env["load_average_1m_end"] = os.getloadavg()[0]
+    # the load average counts this script's own torch threads too; what is left over is other work
+    others = max(env["load_average_1m_start"], env["load_average_1m_end"] - env["torch_threads"])
+    if others > 0.5 * (env["cpus"] or 1):
+        console.print(
+            f"[yellow]warning[/]: the machine may have been busy with other work (load average "
+            f"{env['load_average_1m_start']:.1f} at the start, {env['load_average_1m_end']:.1f} at the end, on "
+            f"{env['cpus']} CPUs with {env['torch_threads']} torch threads here); timings may be noisy"
+        )
+
+
+def write_figures(path: Path | None, figures: dict[str, Any], console: Console) -> None:
+    """Write every figure as JSON when --json was given."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    console.print(f"figures written to {path}")
