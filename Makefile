@@ -11,6 +11,8 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: setup demo test lint bench clean
 
 $(STAMP): pyproject.toml
+	# browser tests drive Debian's chromium (Playwright's own browser download does not work offline)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# CPU torch before anything that depends on it, or pip resolves a multi-GB CUDA build

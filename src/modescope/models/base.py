@@ -156,6 +156,16 @@ class Backend(ABC):
             joined.extend(part.prefixes)
         return PrefixRows(joined)
 
+    def gather(self, parts: Sequence[tuple[Rows, Sequence[int]]]) -> Rows:
+        """A new batch made of chosen rows of several batches of equal prefix length, in order (used by
+        best-first expansion, whose next nodes come from different earlier batches). The parts are not
+        consumed, and the result may be consumed by `advance`."""
+        chosen: list[tuple[int, ...]] = []
+        for rows, indices in parts:
+            assert isinstance(rows, PrefixRows)
+            chosen.extend(rows.prefixes[i] for i in indices)
+        return PrefixRows(chosen)
+
     @abstractmethod
     def next_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         """Full next-token log-probabilities after each prefix, shape [len(prefixes), vocab], float64."""
@@ -166,6 +176,11 @@ class Backend(ABC):
                 f"model '{self.name}' has a context of {self.max_context} tokens but this needs {length}; "
                 "shorten the prompt or the candidates"
             )
+
+    def fingerprint(self) -> str | None:
+        """A stable identity of the weights and tokenizer, for results cached on disk; None (the default)
+        when there is none, and then nothing of this model is cached across processes."""
+        return None
 
     # --- continuation ----------------------------------------------------------------------------------
     def generate(self, prompt: Sequence[int], **options: Any) -> list[Continuation]:
