@@ -756,6 +756,119 @@ def _print_forks(name: str, result: Any, console: Console, top: int) -> None:
 
 
 @app.command()
+def multiverse(
+    model: Models = None,
+    prompt: PromptText = None,
+    prompt_file: PromptFile = None,
+    chat: Chat = False,
+    system: System = None,
+    prefill: Prefill = "",
+    prefix: Annotated[str, typer.Option(help="Start from this branch: text that follows the prompt.")] = "",
+    depth: Annotated[int, typer.Option(help="Deepest step (tokens below the prompt and prefix).")] = 4,
+    cutoff: Annotated[float, typer.Option(help="Joint probability a node needs to be listed and expanded.")] = 0.01,
+    max_nodes: Annotated[int, typer.Option(help="Most nodes in the tree; expansion stops there, and says so.")] = 2000,
+    merge: Annotated[
+        bool, typer.Option(help="Merge sibling tokens whose text is equal after whitespace normalization.")
+    ] = True,
+    svg: Annotated[Path | None, typer.Option(help="Write the block figure as SVG.")] = None,
+    png: Annotated[Path | None, typer.Option(help="Write the block figure as PNG.")] = None,
+    html: Annotated[Path | None, typer.Option(help="Write the interactive page (click a block to zoom).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the trees as nested JSON.")] = None,
+    cache: Annotated[bool, typer.Option(help="Reuse expansions cached on disk (same models, prompt, options).")] = True,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+) -> None:
+    """Block multiverse: the tree of likely continuations as nested blocks, for each model and their difference."""
+    with user_errors():
+        from modescope.models import DEFAULT_MODELS
+        from modescope.probes.multiverse import ExpansionOptions
+
+        ExpansionOptions(depth, cutoff, max_nodes).check()  # before any model is loaded
+        the_prompt = _prompt(prompt, prompt_file, chat, system, prefill)
+        outputs = {"--svg": svg, "--png": png, "--html": html, "--json": json_path}
+        for option, path in outputs.items():
+            _prepare_output(path, option)
+        console = _console()
+        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        tree = _run_multiverse(backends, the_prompt, prefix, depth, cutoff, max_nodes, merge, cache)
+        _print_multiverse(tree, console)
+        _write_multiverse(tree, svg, png, html, json_path, console)
+
+
+def _run_multiverse(
+    backends: list[Backend],
+    prompt: str | ChatPrompt,
+    prefix: str,
+    depth: int,
+    cutoff: float,
+    max_nodes: int,
+    merge: bool,
+    cache: bool,
+) -> Any:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from modescope.models.hf import cache_root
+    from modescope.probes.multiverse import multiverse as expand
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task("expanding: 0 nodes", total=None)
+        done = [0]
+
+        def report(count: int) -> None:
+            done[0] += count
+            bar.update(task, description=f"expanding: {done[0]} nodes (best first, all models in each batch)")
+
+        return expand(
+            backends,
+            prompt,
+            prefix=prefix,
+            depth=depth,
+            cutoff=cutoff,
+            max_nodes=max_nodes,
+            merge=merge,
+            cache_dir=cache_root() / "multiverse" if cache else None,
+            progress=report,
+        )
+
+
+def _print_multiverse(tree: Any, console: Console) -> None:
+    from rich.table import Table
+
+    source = " (from the cache)" if tree.cached else f" in {tree.seconds:.1f} s"
+    console.print(f"{tree.size} nodes, depth {tree.depth}, cutoff {tree.cutoff:g}{source}")
+    for m, name in enumerate(tree.models):
+        table = Table(title=f"{name}: most likely paths", title_justify="left")
+        for column in ["joint p", "path", "entropy at the end (bits)"]:
+            table.add_column(column, justify="left" if column == "path" else "right")
+        leaves = [n for n in tree.nodes() if not n.listed_children(m, tree.cutoff) and (n.joint(m) or 0) >= tree.cutoff]
+        for node in sorted(leaves, key=lambda n: -(n.joint(m) or 0))[:8]:
+            entropy = node.values[m].entropy_bits if node.values[m] is not None else None
+            table.add_row(f"{node.joint(m):.3f}", repr(node.path_text()), "-" if entropy is None else f"{entropy:.2f}")
+        console.print(table)
+    for notice in tree.notices:
+        console.print(f"[yellow]note:[/] {notice}", markup=True)
+
+
+def _write_multiverse(
+    tree: Any, svg: Path | None, png: Path | None, html: Path | None, json_path: Path | None, console: Console
+) -> None:
+    figures = [p for p in (svg, png) if p is not None]
+    if figures:
+        from modescope.viz.multiverse_plot import plot_multiverse
+
+        plot_multiverse(tree, figures)
+    if html is not None:
+        from modescope.viz.multiverse_html import write_multiverse_html
+
+        write_multiverse_html(tree.to_dict(), html)
+    if json_path is not None:
+        json_path.write_text(_strict_json(tree.to_dict()))
+    for path in [*figures, html, json_path]:
+        if path is not None:
+            console.print(f"wrote {path}")
+
+
+@app.command()
 def models() -> None:
     """List the preset models, whether each is installed, and whether its converted copy is cached."""
     from rich.table import Table

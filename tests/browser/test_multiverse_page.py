@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page
 
 from modescope.viz.multiverse_html import multiverse_html, write_multiverse_html
-from tests.browser.conftest import PageLog
+from tests.browser.harness import PageLog
 
 SCRIPT_TEXT = "<script>alert(1)</script>\nx"
 HEIGHT_TOLERANCE_PX = 1.5
