@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 
 $(STAMP): pyproject.toml
 	# browser tests drive Debian's chromium (Playwright's own browser download does not work offline)
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# CPU torch before anything that depends on it, or pip resolves a multi-GB CUDA build
@@ -41,6 +41,7 @@ bench: setup
 	$(PY) benchmarks/bench_dist.py
 	$(PY) benchmarks/bench_sample.py
 	$(PY) benchmarks/bench_attractor.py
+	$(PY) benchmarks/bench_multiverse.py
 
 clean:
 	rm -rf $(VENV) out

@@ -28,6 +28,8 @@ _EXPORTS = {
     "DistributionResult": "modescope.probes.distribution",
     "ModelDistribution": "modescope.probes.distribution",
     "distribution": "modescope.probes.distribution",
+    "Multiverse": "modescope.probes.multiverse",
+    "multiverse": "modescope.probes.multiverse",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from modescope.models.base import Backend, ChatPrompt
     from modescope.probes.candidates import choices, choices_from_file, integers
     from modescope.probes.distribution import DistributionResult, ModelDistribution, distribution
+    from modescope.probes.multiverse import Multiverse, multiverse
 
 
 def __getattr__(name: str) -> Any:

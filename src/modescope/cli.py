@@ -843,7 +843,7 @@ def _print_multiverse(tree: Any, console: Console) -> None:
         leaves = [n for n in tree.nodes() if not n.listed_children(m, tree.cutoff) and (n.joint(m) or 0) >= tree.cutoff]
         for node in sorted(leaves, key=lambda n: -(n.joint(m) or 0))[:8]:
             entropy = node.values[m].entropy_bits if node.values[m] is not None else None
-            table.add_row(f"{node.joint(m):.3f}", repr(node.path_text()), "-" if entropy is None else f"{entropy:.2f}")
+            table.add_row(f"{node.joint(m):.3f}", repr(node.path_text(m)), "-" if entropy is None else f"{entropy:.2f}")
         console.print(table)
     for notice in tree.notices:
         console.print(f"[yellow]note:[/] {notice}", markup=True)

@@ -277,7 +277,7 @@ class HFBackend(Backend):
             by_length.setdefault(len(prefix), []).append(k)
         for members in by_length.values():
             ids = torch.tensor([list(prefixes[k]) for k in members], dtype=torch.long)
-            logprobs = self._logprobs(self._forward(ids, use_cache=False).logits[:, -1])
+            logprobs = self._logprobs(self._forward(ids, use_cache=False, **self._last_logits_only).logits[:, -1])
             for row, k in enumerate(members):
                 result[k] = logprobs[row]
         return torch.stack([r for r in result if r is not None])

@@ -189,8 +189,9 @@ class MultiverseNode:
             node = node.parent
         return nodes[::-1]
 
-    def path_text(self) -> str:
-        return "".join(n.text for n in self.path())
+    def path_text(self, model: int | None = None) -> str:
+        """The text from the root to here; with `model`, as that model spells each step most likely."""
+        return "".join(_step_text(n, model) for n in self.path())
 
     def index_path(self) -> tuple[int, ...]:
         """Child indices from the root to this node."""
@@ -200,6 +201,11 @@ class MultiverseNode:
         yield self
         for child in self.children:
             yield from child.walk()
+
+
+def _step_text(node: MultiverseNode, model: int | None) -> str:
+    value = node.values[model] if model is not None else None
+    return (value.text if value is not None else None) or node.text
 
 
 @dataclass
@@ -646,6 +652,7 @@ def multiverse(
     batch_size: int = 64,
     prefix_paths: Sequence[Sequence[int]] | None = None,
     cache_dir: Path | None = None,
+    cache: bool = True,
     progress: Progress | None = None,
 ) -> Multiverse:
     """Expand the block multiverse of one or more models below `prompt` (then `prefix`, a branch).
@@ -653,7 +660,8 @@ def multiverse(
     `cutoff` is the joint probability (relative to the root) a node needs to be listed and expanded;
     `depth` the deepest step; `max_nodes` the most nodes in the tree. `prefix_paths` gives each model's
     branch as token ids instead of `prefix` text. Expansions are cached in memory by (models, prompt,
-    prefix, options), and on disk under `cache_dir` for models with a weights fingerprint.
+    prefix, options), and on disk under `cache_dir` for models with a weights fingerprint; `cache=False`
+    always expands afresh (and stores nothing).
     """
     models = [backends] if isinstance(backends, Backend) else list(backends)
     if not models:
@@ -668,13 +676,13 @@ def multiverse(
     prompt_text = prompt if isinstance(prompt, str) else prompt.user
 
     memory_key = _cache_key([f"{b.name}@{id(b)}" for b in models], roots, options)
-    hit = _MEMORY.get(memory_key)
+    hit = _MEMORY.get(memory_key) if cache else None
     if hit is not None and all(ref() is b for ref, b in zip(hit[0], models, strict=True)):
         _MEMORY.move_to_end(memory_key)
         return hit[1]
-    fingerprints = [b.fingerprint() for b in models] if cache_dir is not None else []
+    fingerprints = [b.fingerprint() for b in models] if cache and cache_dir is not None else []
     disk_file = None
-    if cache_dir is not None and all(fingerprints):
+    if cache_dir is not None and fingerprints and all(fingerprints):
         disk_file = cache_dir / f"{_cache_key([f or '' for f in fingerprints], roots, options)}.json"
         if disk_file.is_file():
             try:
@@ -710,7 +718,8 @@ def multiverse(
             f"exceed it; {left} more nodes above the cutoff were not expanded (their mass is in the grey "
             "'unexpanded' blocks). Raise --max-nodes or the cutoff."
         )
-    _remember(memory_key, models, result)
+    if cache:
+        _remember(memory_key, models, result)
     if disk_file is not None:
         disk_file.parent.mkdir(parents=True, exist_ok=True)
         staging = disk_file.with_suffix(".tmp")
