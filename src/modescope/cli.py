@@ -770,6 +770,11 @@ def multiverse(
     merge: Annotated[
         bool, typer.Option(help="Merge sibling tokens whose text is equal after whitespace normalization.")
     ] = True,
+    stop_at_eos: Annotated[bool, typer.Option(help="End a branch at the end-of-text token.")] = True,
+    zoom: Annotated[
+        list[str] | None,
+        typer.Option(help="Renormalize the figures to the node reached by these step texts (repeat per step)."),
+    ] = None,
     svg: Annotated[Path | None, typer.Option(help="Write the block figure as SVG.")] = None,
     png: Annotated[Path | None, typer.Option(help="Write the block figure as PNG.")] = None,
     html: Annotated[Path | None, typer.Option(help="Write the interactive page (click a block to zoom).")] = None,
@@ -790,19 +795,22 @@ def multiverse(
             _prepare_output(path, option)
         console = _console()
         backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
-        tree = _run_multiverse(backends, the_prompt, prefix, depth, cutoff, max_nodes, merge, cache)
+        options = ExpansionOptions(depth, cutoff, max_nodes, merge, stop_at_eos)
+        tree = _run_multiverse(backends, the_prompt, prefix, options, cache)
+        view = tree.view(tree.find(zoom)) if zoom else None
         _print_multiverse(tree, console)
-        _write_multiverse(tree, svg, png, html, json_path, console)
+        if view is not None:
+            console.print(
+                f"figures zoomed to {view.node.path_text()!r}: p = {view.joint:.3g}, {view.bits_gained:.2f} bits"
+            )
+        _write_multiverse(tree, view, svg, png, html, json_path, console)
 
 
 def _run_multiverse(
     backends: list[Backend],
     prompt: str | ChatPrompt,
     prefix: str,
-    depth: int,
-    cutoff: float,
-    max_nodes: int,
-    merge: bool,
+    options: Any,
     cache: bool,
 ) -> Any:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -822,10 +830,11 @@ def _run_multiverse(
             backends,
             prompt,
             prefix=prefix,
-            depth=depth,
-            cutoff=cutoff,
-            max_nodes=max_nodes,
-            merge=merge,
+            depth=options.depth,
+            cutoff=options.cutoff,
+            max_nodes=options.max_nodes,
+            merge=options.merge,
+            stop_at_eos=options.stop_at_eos,
             cache_dir=cache_root() / "multiverse" if cache else None,
             progress=report,
         )
@@ -850,13 +859,19 @@ def _print_multiverse(tree: Any, console: Console) -> None:
 
 
 def _write_multiverse(
-    tree: Any, svg: Path | None, png: Path | None, html: Path | None, json_path: Path | None, console: Console
+    tree: Any,
+    view: Any,
+    svg: Path | None,
+    png: Path | None,
+    html: Path | None,
+    json_path: Path | None,
+    console: Console,
 ) -> None:
     figures = [p for p in (svg, png) if p is not None]
     if figures:
         from modescope.viz.multiverse_plot import plot_multiverse
 
-        plot_multiverse(tree, figures)
+        plot_multiverse(tree, figures, view=view)
     if html is not None:
         from modescope.viz.multiverse_html import write_multiverse_html
 

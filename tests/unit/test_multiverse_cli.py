@@ -92,3 +92,27 @@ def test_plot_of_a_renormalized_view(tmp_path: Path) -> None:
     node = next(c for c in tree.root.children if c.children)
     [png] = plot_multiverse(tree, [tmp_path / "view.png"], view=tree.view(node))
     assert png.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_zoom_renormalizes_the_figures_and_refuses_a_missing_step(tmp_path: Path) -> None:
+    json_path, png = tmp_path / "t.json", tmp_path / "zoom.png"
+    assert invoke("multiverse --model a --prompt Q: --depth 3 --cutoff 0.02 --json", json_path).exit_code == 0
+    first = json.loads(json_path.read_text())["trees"][0]["root"]["children"][0]
+    result = invoke("multiverse --model a --prompt Q: --depth 3 --cutoff 0.02 --zoom", first["text"], "--png", png)
+    assert result.exit_code == 0, result.output
+    assert f"p = {first['joint']:.3g}" in result.output
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert_user_error(invoke("multiverse --model a --prompt Q: --depth 3 --cutoff 0.02 --zoom nowhere"), "no step")
+
+
+def test_through_eos_expands_past_the_end(tmp_path: Path) -> None:
+    stops, goes = tmp_path / "stops.json", tmp_path / "goes.json"
+    command = "multiverse --model a --prompt Q: --depth 2 --cutoff 0.001 --no-cache --json"
+    assert invoke(command, stops).exit_code == 0
+    assert invoke(command, goes, "--no-stop-at-eos").exit_code == 0
+
+    def eos_children(path: Path) -> int:
+        root = json.loads(path.read_text())["trees"][0]["root"]
+        return sum(len(c["children"]) for c in root["children"] if c["eos"])
+
+    assert eos_children(stops) == 0 and eos_children(goes) > 0
