@@ -172,7 +172,8 @@ def save_checkpoint(peft_model: Any, backend: HFBackend, base_name: str, folder:
     for lora in peft_model.peft_config.values():
         lora.base_model_name_or_path = base_name
     try:
-        peft_model.save_pretrained(str(folder))
+        # the LoRA weights only: "auto" would look for the base config on disk or the Hub to check the vocabulary
+        peft_model.save_pretrained(str(folder), save_embedding_layers=False)
         data = {"base": base_name, "fingerprint": base_fingerprint(backend)} | meta
         (folder / ADAPTER_META).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
