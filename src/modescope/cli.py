@@ -891,19 +891,25 @@ def models() -> None:
     from modescope.models import PRESETS, preset_cached
 
     table = Table(title="Presets (any other model: a Hugging Face id, a folder or a .gguf file)", title_justify="left")
-    for column in ["name", "kind", "installed", "cached", "package", "description"]:
-        table.add_column(column, no_wrap=column != "description")
+    for column in ["name", "kind", "installed", "cached", "description (package)"]:
+        # preset names are what users type: never cut them, let the description wrap instead
+        width = max(len(name) for name in PRESETS) if column == "name" else len(column)
+        table.add_column(column, no_wrap=column != "description (package)", min_width=width)
     for p in PRESETS.values():
         installed = p.installed()
-        table.add_row(
-            p.name,
-            p.kind,
-            "yes" if installed else "no",
-            "yes" if preset_cached(p) else "no",
-            p.package,
-            p.description,
-        )
+        cached = "yes" if preset_cached(p) else "no"
+        table.add_row(p.name, p.kind, "yes" if installed else "no", cached, f"{p.description} ({p.package})")
     _console().print(table)
+
+
+def _register_subcommands() -> None:
+    """Command groups that live next to their code (their modules import only typer at the top)."""
+    from modescope.lab.cli import lab_app
+
+    app.add_typer(lab_app, name="lab")
+
+
+_register_subcommands()
 
 
 def main() -> None:
