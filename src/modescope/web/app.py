@@ -1,0 +1,622 @@
+"""The playground's FastAPI app: a JSON API over the probes, and the single page that uses it.
+
+Every model call goes through one worker thread with a bounded queue (`worker.py`); a full queue answers
+503 at once. The long calls (distribution, multiverse, attractor) answer with server-sent events: `queued`,
+then `progress` events, then one `result` or `error` event. Errors are JSON objects `{"error": message}` with
+a 4xx status: 400 for a request the models cannot serve (the library's ModescopeError), 401 without the
+token, 404 for a model that is not served, 413 for a body over the size cap, 422 for a malformed body or a
+value over a cap, 503 when the queue is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modescope.errors import ModescopeError
+from modescope.models.base import Backend, ChatPrompt
+from modescope.web.schemas import (
+    AttractorIn,
+    Decoding,
+    DistributionIn,
+    GenerateIn,
+    Limits,
+    MultiverseIn,
+    NextIn,
+    PromptIn,
+    RegenerateIn,
+    TokenizeIn,
+)
+from modescope.web.worker import Busy, Worker
+
+STATIC = Path(__file__).parent / "static"
+Emit = Callable[[dict[str, Any]], None]
+
+
+class ApiError(Exception):
+    """An error answered as `{"error": message}` with this HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class LazyModel:
+    """A model served by name and loaded (in the worker thread) the first time a request needs it."""
+
+    name: str
+    load: Callable[[], Backend]
+
+
+class Registry:
+    """The served models by name; lazy ones are loaded on first use, in the worker thread only."""
+
+    def __init__(self, models: Sequence[Backend | LazyModel]) -> None:
+        self.order = [m.name for m in models]
+        if len(set(self.order)) != len(self.order):
+            raise ModescopeError(f"a model is listed twice ({', '.join(self.order)}); name each model once")
+        self.loaded: dict[str, Backend] = {m.name: m for m in models if isinstance(m, Backend)}
+        self.lazy: dict[str, LazyModel] = {m.name: m for m in models if isinstance(m, LazyModel)}
+        self._lock = threading.Lock()
+
+    def check(self, names: Sequence[str], limits: Limits) -> None:
+        if not names:
+            raise ApiError(422, "give at least one model")
+        if len(names) > limits.max_models:
+            raise ApiError(422, f"{len(names)} models is more than the cap of {limits.max_models} (max_models)")
+        if len(set(names)) != len(names):
+            raise ApiError(422, "a model is listed twice; name each model once")
+        for name in names:
+            if name not in self.order:
+                raise ApiError(404, f"model {name!r} is not served here; served: {', '.join(self.order)}")
+
+    def get(self, name: str) -> Backend:
+        with self._lock:
+            if name not in self.loaded:
+                self.loaded[name] = self.lazy[name].load()
+            return self.loaded[name]
+
+
+# --- JSON helpers -------------------------------------------------------------------------------------------
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities are not JSON: they travel as null (not measured / impossible)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(_finite(data), status_code=status)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": "2"} if status == 503 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _continuations(completions: Sequence[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "text": c.text,
+            "finish_reason": c.finish_reason,
+            "tokens": [
+                {
+                    "id": t.id,
+                    "text": t.text,
+                    "logprob": t.logprob,
+                    "raw_logprob": t.raw_logprob,
+                    "entropy_bits": t.entropy_bits,
+                    "special": t.special,
+                    "top": [{"id": a.id, "text": a.text, "logprob": a.logprob} for a in t.top],
+                }
+                for t in c.tokens
+            ],
+        }
+        for c in completions
+    ]
+
+
+# --- request checks ------------------------------------------------------------------------------------------
+
+
+def _cap(what: str, value: int, low: int, high: int, name: str) -> None:
+    if not low <= value <= high:
+        raise ApiError(422, f"{what} must be between {low} and {high} (got {value}; cap: {name})")
+
+
+def _text_cap(what: str, text: str | None, limits: Limits) -> None:
+    if text is not None and len(text) > limits.max_prompt_chars:
+        raise ApiError(
+            422,
+            f"{what} has {len(text):,} characters, more than the cap of {limits.max_prompt_chars:,} (max_prompt_chars)",
+        )
+
+
+def _prompt(spec: PromptIn, limits: Limits) -> str | ChatPrompt:
+    for what, text in (("the prompt", spec.text), ("the system message", spec.system), ("the prefill", spec.prefill)):
+        _text_cap(what, text, limits)
+    if not spec.text:
+        raise ApiError(422, "the prompt is empty; give a non-empty prompt")
+    if not spec.chat:
+        if spec.system is not None or spec.prefill:
+            raise ApiError(422, "system and prefill need chat: true")
+        return spec.text
+    return ChatPrompt(spec.text, spec.system, spec.prefill)
+
+
+def _decoding(spec: Decoding, limits: Limits) -> Any:
+    from modescope.engine.samplers import SamplerSettings
+
+    _cap("n", spec.n, 1, limits.max_n, "max_n")
+    _cap("max_tokens", spec.max_tokens, 1, limits.max_tokens, "max_tokens")
+    _cap("top_k", spec.top_k, 0, limits.max_top_k, "max_top_k")
+    _cap("the number of stop strings", len(spec.stop), 0, limits.max_stop, "max_stop")
+    for stop in spec.stop:
+        _text_cap("a stop string", stop, limits)
+    try:
+        return SamplerSettings.make(**spec.sampler.model_dump())
+    except ModescopeError as exc:
+        raise ApiError(422, str(exc)) from None
+
+
+def _prefix(backend: Backend, ids: Sequence[int], limits: Limits) -> list[int]:
+    _cap("the prefix length", len(ids), 0, limits.max_prefix_tokens, "max_prefix_tokens")
+    bad = [i for i in ids if not 0 <= i < backend.vocab.size]
+    if bad:
+        raise ModescopeError(
+            f"token id {bad[0]} is not in the vocabulary of '{backend.name}' (0..{backend.vocab.size - 1})"
+        )
+    return list(ids)
+
+
+def _encode_text(backend: Backend, text: str) -> list[int]:
+    try:
+        return backend.encode(text, add_special_tokens=False)
+    except (ValueError, KeyError) as exc:
+        raise ModescopeError(f"the tokenizer of '{backend.name}' cannot encode {text!r} ({exc})") from None
+
+
+def _prompt_ids(backend: Backend, prompt: str | ChatPrompt) -> list[int]:
+    try:
+        return backend.prompt_ids(prompt)
+    except (ValueError, KeyError) as exc:
+        raise ModescopeError(f"the tokenizer of '{backend.name}' cannot encode the prompt ({exc})") from None
+
+
+# --- middleware -------------------------------------------------------------------------------------------
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuse request bodies over the cap with 413, whether they announce their length or stream it."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        message = f"the request body is larger than the cap of {self.max_bytes:,} bytes (max_body_bytes)"
+        for key, value in scope.get("headers", []):
+            if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _error(413, message)(scope, receive, send)
+                return
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            incoming = await receive()
+            seen += len(incoming.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return incoming
+
+        async def watched(outgoing: Message) -> None:
+            nonlocal started
+            started = started or outgoing["type"] == "http.response.start"
+            await send(outgoing)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _TooLarge:
+            if not started:
+                await _error(413, message)(scope, receive, send)
+
+
+# --- the app ------------------------------------------------------------------------------------------------
+
+
+def create_app(
+    backends: Sequence[Backend | LazyModel],
+    *,
+    preselect: int = 2,
+    limits: Limits | None = None,
+    token: str | None = None,
+) -> FastAPI:
+    """The playground app serving `backends` (loaded models, or `LazyModel`s loaded on first use).
+
+    The first `preselect` models are chosen in the page when it opens. With `token`, every API request must
+    carry it (header `Authorization: Bearer TOKEN` or `X-Modescope-Token`); the page reads it from its
+    own URL (`/?token=TOKEN`).
+    """
+    from modescope.engine.decode import generate
+
+    limits = limits or Limits()
+    registry = Registry(backends)
+    if not registry.order:
+        raise ModescopeError("serve at least one model")
+    worker = Worker(limits.queue_size)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        worker.close()
+
+    app = FastAPI(
+        title="modescope playground",
+        summary="Compare models token by token: probabilities, alternatives, branches, distributions, multiverses.",
+        lifespan=lifespan,
+    )
+    app.state.worker = worker
+    app.state.registry = registry
+    app.state.limits = limits
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(ModescopeError)
+    async def _user_error(_: Request, exc: ModescopeError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(Busy)
+    async def _busy(_: Request, exc: Busy) -> JSONResponse:
+        return _error(503, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()]
+        return JSONResponse({"error": "; ".join(problems) or "malformed request"}, status_code=422)
+
+    async def authorized(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("x-modescope-token") or ""
+        bearer = request.headers.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            given = given or bearer[7:]
+        if not secrets.compare_digest(given.encode(), token.encode()):
+            raise ApiError(401, "this server needs its token: open the page as /?token=TOKEN or send X-Modescope-Token")
+
+    guard = [Depends(authorized)]
+
+    async def run(call: Callable[[], Any]) -> Any:
+        """Run a model call in the worker and wait for it (a client that goes away cancels a queued call)."""
+        return await asyncio.wrap_future(worker.submit(call))
+
+    def stream(call: Callable[[Emit], Any]) -> StreamingResponse:
+        """Queue a long call and answer with its events. A full queue raises Busy (503) before any byte is
+        sent; a failure inside the call becomes an `error` event with the status it would have had."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        def emit(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        waiting = worker.pending
+        future = worker.submit(lambda: call(emit))
+
+        def frame(kind: str, data: Any) -> str:
+            return f"event: {kind}\ndata: {json.dumps(_finite(data), separators=(',', ':'))}\n\n"
+
+        async def body() -> AsyncIterator[str]:
+            done = asyncio.wrap_future(future)
+            try:
+                yield frame("queued", {"ahead": waiting})
+                while True:
+                    getter = asyncio.ensure_future(events.get())
+                    finished, _ = await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter in finished:
+                        yield frame("progress", getter.result())
+                        continue
+                    getter.cancel()
+                    break
+                try:
+                    result = done.result()
+                except ModescopeError as exc:
+                    yield frame("error", {"error": str(exc), "status": 400})
+                except ApiError as exc:
+                    yield frame("error", {"error": exc.message, "status": exc.status})
+                except Exception as exc:  # an unexpected failure still ends the stream with a message
+                    yield frame("error", {"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500})
+                else:
+                    yield frame("result", result)
+            finally:
+                future.cancel()  # a no-op once it ran; skips the call when the client left while it waited
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    # --- routes -------------------------------------------------------------------------------------------
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/models", dependencies=guard, summary="Served models, the preselected ones, and the caps")
+    async def models() -> JSONResponse:
+        listed = []
+        for i, name in enumerate(registry.order):
+            backend = registry.loaded.get(name)
+            listed.append(
+                {
+                    "name": name,
+                    "preselected": i < preselect,
+                    "loaded": backend is not None,
+                    "chat": backend.has_chat_template if backend is not None else None,
+                }
+            )
+        return _json({"models": listed, "limits": asdict(limits), "queue": {"pending": worker.pending}})
+
+    @app.post("/api/tokenize", dependencies=guard, summary="Tokens of a prompt (with BOS or chat template) or of text")
+    async def tokenize(spec: TokenizeIn) -> JSONResponse:
+        registry.check([spec.model], limits)
+        if (spec.prompt is None) == (spec.text is None):
+            raise ApiError(422, "give exactly one of prompt and text")
+        prompt = _prompt(spec.prompt, limits) if spec.prompt is not None else None
+        _text_cap("the text", spec.text, limits)
+
+        def call() -> dict[str, Any]:
+            backend = registry.get(spec.model)
+            ids = _prompt_ids(backend, prompt) if prompt is not None else _encode_text(backend, spec.text or "")
+            special = backend.vocab.special_ids
+            return {
+                "model": backend.name,
+                "tokens": [{"id": i, "text": backend.token_text(i), "special": i in special} for i in ids],
+            }
+
+        return _json(await run(call))
+
+    @app.post("/api/generate", dependencies=guard, summary="n completions per model with per-token records")
+    async def generate_route(spec: GenerateIn) -> JSONResponse:
+        registry.check(spec.models, limits)
+        prompt = _prompt(spec.prompt, limits)
+        sampler = _decoding(spec, limits)
+
+        def call() -> dict[str, Any]:
+            results = []
+            for name in spec.models:
+                backend = registry.get(name)
+                completions = generate(
+                    backend,
+                    _prompt_ids(backend, prompt),
+                    n=spec.n,
+                    max_tokens=spec.max_tokens,
+                    sampler=sampler,
+                    top_k_alternatives=spec.top_k,
+                    seed=spec.seed,
+                    stop=spec.stop,
+                )
+                results.append({"model": name, "completions": _continuations(completions)})
+            return {"results": results}
+
+        return _json(await run(call))
+
+    @app.post(
+        "/api/regenerate", dependencies=guard, summary="Branch: continue from kept tokens plus edited text, n times"
+    )
+    async def regenerate(spec: RegenerateIn) -> JSONResponse:
+        registry.check([spec.model], limits)
+        prompt = _prompt(spec.prompt, limits)
+        sampler = _decoding(spec, limits)
+        _text_cap("the edit", spec.edit, limits)
+
+        def call() -> dict[str, Any]:
+            backend = registry.get(spec.model)
+            kept = _prefix(backend, spec.prefix_ids, limits)
+            edit = _encode_text(backend, spec.edit) if spec.edit else []
+            completions = generate(
+                backend,
+                [*_prompt_ids(backend, prompt), *kept, *edit],
+                n=spec.n,
+                max_tokens=spec.max_tokens,
+                sampler=sampler,
+                top_k_alternatives=spec.top_k,
+                seed=spec.seed,
+                stop=spec.stop,
+            )
+            return {
+                "model": spec.model,
+                "edit_tokens": [{"id": i, "text": backend.token_text(i)} for i in edit],
+                "completions": _continuations(completions),
+            }
+
+        return _json(await run(call))
+
+    @app.post("/api/next", dependencies=guard, summary="The next-token distribution at a position of a branch")
+    async def next_token(spec: NextIn) -> JSONResponse:
+        registry.check([spec.model], limits)
+        prompt = _prompt(spec.prompt, limits)
+        _cap("top_k", spec.top_k, 1, limits.max_top_k, "max_top_k")
+
+        def call() -> dict[str, Any]:
+            from modescope.engine.decode import entropy_bits
+
+            backend = registry.get(spec.model)
+            ids = [*_prompt_ids(backend, prompt), *_prefix(backend, spec.prefix_ids, limits)]
+            _, logprobs = backend.start(ids)
+            top = logprobs[0].topk(min(spec.top_k, logprobs.shape[-1]))
+            return {
+                "model": spec.model,
+                "entropy_bits": float(entropy_bits(logprobs)[0]),
+                "top": [
+                    {"id": i, "text": backend.token_text(i), "logprob": v, "special": i in backend.vocab.special_ids}
+                    for i, v in zip(top.indices.tolist(), top.values.tolist(), strict=True)
+                ],
+            }
+
+        return _json(await run(call))
+
+    @app.post(
+        "/api/distribution",
+        dependencies=guard,
+        summary="Exact probability of every answer in a set, per model (server-sent events)",
+    )
+    async def distribution_route(spec: DistributionIn) -> StreamingResponse:
+        from modescope.probes import candidates as cands
+        from modescope.probes.distribution import distribution
+
+        registry.check(spec.models, limits)
+        prompt = _prompt(spec.prompt, limits)
+        if (spec.integers is None) == (spec.choices is None):
+            raise ApiError(422, "give exactly one of integers [LO, HI] and choices")
+        if spec.integers is not None:
+            lo, hi = spec.integers
+            _cap("the number of candidates", max(hi - lo + 1, 0), 1, limits.max_candidates, "max_candidates")
+            candidates = cands.integers(lo, hi)
+        else:
+            choices = spec.choices or []
+            _cap("the number of candidates", len(choices), 1, limits.max_candidates, "max_candidates")
+            for choice in choices:
+                _text_cap("a choice", choice, limits)
+            candidates = cands.choices(choices)
+
+        def call(emit: Emit) -> dict[str, Any]:
+            backends = [registry.get(name) for name in spec.models]
+            result = distribution(
+                backends,
+                prompt,
+                candidates,
+                leading_space=spec.leading_space,
+                tokenizations=spec.tokenizations,
+                temperature=spec.temperature,
+                progress=lambda model, done, total: emit({"model": model, "done": done, "total": total}),
+            )
+            return result.to_dict()
+
+        return stream(call)
+
+    @app.post(
+        "/api/multiverse",
+        dependencies=guard,
+        summary="Block multiverse below the prompt and a branch, with its interactive page (server-sent events)",
+    )
+    async def multiverse_route(spec: MultiverseIn) -> StreamingResponse:
+        from modescope.probes.multiverse import ExpansionOptions, multiverse
+        from modescope.viz.multiverse_html import multiverse_html
+
+        registry.check(spec.models, limits)
+        prompt = _prompt(spec.prompt, limits)
+        _text_cap("the prefix", spec.prefix, limits)
+        _cap("depth", spec.depth, 1, limits.max_depth, "max_depth")
+        _cap("max_nodes", spec.max_nodes, 1, limits.max_nodes, "max_nodes")
+        try:
+            ExpansionOptions(spec.depth, spec.cutoff, spec.max_nodes).check()
+        except ModescopeError as exc:
+            raise ApiError(422, str(exc).replace("--", "")) from None
+        if spec.prefix_paths is not None and len(spec.prefix_paths) != len(spec.models):
+            raise ApiError(422, "prefix_paths needs one list of token ids per model")
+
+        def call(emit: Emit) -> dict[str, Any]:
+            backends = [registry.get(name) for name in spec.models]
+            paths = None
+            if spec.prefix_paths is not None:
+                paths = [_prefix(b, p, limits) for b, p in zip(backends, spec.prefix_paths, strict=True)]
+            expanded = [0]
+
+            def report(count: int) -> None:
+                expanded[0] += count
+                emit({"expanded": expanded[0]})
+
+            tree = multiverse(
+                backends,
+                prompt,
+                prefix=spec.prefix,
+                prefix_paths=paths,
+                depth=spec.depth,
+                cutoff=spec.cutoff,
+                max_nodes=spec.max_nodes,
+                merge=spec.merge,
+                progress=report,
+            )
+            data = tree.to_dict()
+            return {"tree": data, "size": tree.size, "html": multiverse_html(data, "Block multiverse")}
+
+        return stream(call)
+
+    @app.post(
+        "/api/attractor",
+        dependencies=guard,
+        summary="Attractor experiment: perturb each model's greedy completion and see it return (server-sent events)",
+    )
+    async def attractor_route(spec: AttractorIn) -> StreamingResponse:
+        from modescope.probes.attractors import AttractorPlan, Edit, run_attractor
+
+        registry.check(spec.models, limits)
+        prompt = _prompt(spec.prompt, limits)
+        _cap("max_tokens", spec.max_tokens, 2, limits.max_attractor_tokens, "max_attractor_tokens")
+        planned = spec.swap_positions * max(spec.alternatives - 1, 0) + len(spec.edits) + len(spec.detours)
+        _cap("the number of perturbations", planned, 0, limits.max_perturbations, "max_perturbations")
+        _cap("detour_tokens", spec.detour_tokens, 1, limits.max_tokens, "max_tokens")
+        for edit in spec.edits:
+            _text_cap("an edit", edit.text, limits)
+        plan = AttractorPlan(
+            edits=[Edit(e.start, e.end, e.text) for e in spec.edits],
+            swap_positions=spec.swap_positions,
+            alternatives=spec.alternatives,
+            detour_positions=list(spec.detours),
+            detour_tokens=spec.detour_tokens,
+        )
+
+        def call(emit: Emit) -> dict[str, Any]:
+            results = []
+            for k, name in enumerate(spec.models):
+                emit({"model": name, "done": k, "total": len(spec.models)})
+                result = run_attractor(
+                    registry.get(name), prompt, plan, spec.max_tokens, spec.criterion, spec.threshold
+                )
+                results.append(result.to_dict() | {"mainline_tokens": _continuations([result.mainline])[0]["tokens"]})
+            return {"results": results}
+
+        return stream(call)
+
+    return app
+
+
+def preload(app: FastAPI, names: Sequence[str]) -> None:
+    """Load these lazy models in the worker now, so the first request does not wait for them."""
+    registry: Registry = app.state.registry
+    worker: Worker = app.state.worker
+    for name in names:
+        worker.submit(functools.partial(registry.get, name)).result()
