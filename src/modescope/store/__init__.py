@@ -1,0 +1,6 @@
+"""The results store: experiment runs in SQLite (see store.py), and the records it keeps."""
+
+from modescope.store.records import Artifact, Metric, ProbeOutput, RunInfo
+from modescope.store.store import Store
+
+__all__ = ["Artifact", "Metric", "ProbeOutput", "RunInfo", "Store"]
