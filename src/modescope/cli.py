@@ -905,8 +905,14 @@ def models() -> None:
 def _register_subcommands() -> None:
     """Command groups that live next to their code (their modules import only typer at the top)."""
     from modescope.lab.cli import lab_app
+    from modescope.suites import commands
 
     app.add_typer(lab_app, name="lab")
+    app.command("run")(commands.run_command)
+    app.command("suites")(commands.suites_command)
+    app.command("runs")(commands.runs_command)
+    app.command("export")(commands.export_command)
+    app.command("report")(commands.report_command)
 
 
 _register_subcommands()

@@ -47,13 +47,18 @@ def _load_preset(preset: Preset, device: str, dtype: str) -> Backend:
 
 def load(name: str, device: str = "auto", dtype: str = "auto") -> Backend:
     """Load a model by preset name, local folder, GGUF file, or Hugging Face id (from the local cache), or
-    BASE+ADAPTER: any of those with a LoRA adapter folder (or a shipped adapter's name) on top.
+    BASE+ADAPTER: any of those with a LoRA adapter folder (or a shipped adapter's name) on top. `toy:NAME`
+    is a closed-form model over a small vocabulary (no weights: for trying commands and for tests).
 
     `device` is cpu, cuda, cuda:N or auto; `dtype` is auto (float32 on CPU, bfloat16 on CUDA), float32,
     bfloat16 or float16.
     """
     from modescope.models.hf import load_folder, load_gguf
 
+    if name.startswith("toy:"):
+        from modescope.models.analytic import toy_model
+
+        return toy_model(name)
     if name in PRESETS and PRESETS[name].adapter is not None:
         from modescope.models.adapters import load_with_adapter
 

@@ -103,3 +103,23 @@ class TransitionBackend(AnalyticBackend):
         if prefix and prefix[-1] in self.rows:
             return self.rows[prefix[-1]]
         return np.zeros(self.vocab.size)  # uniform after an unlisted token
+
+
+# every printable ASCII character (so any such prompt encodes), the numbers 10..100, and a few words
+TOY_TOKENS = list(
+    dict.fromkeys(
+        [
+            *[chr(c) for c in range(32, 127)],
+            "\n",
+            *[str(i) for i in range(10, 101)],
+            *[" yes", " no", " bugs", " real", " I", " think", " they", " are", " not", " maybe", " it", " is"],
+            *[" looks", " like", " a", " line", " the", " number", " random"],
+        ]
+    )
+)
+
+
+def toy_model(name: str) -> AnalyticBackend:
+    """`toy:NAME`: an analytic model over digits, numbers 10..100 and a few words, seeded by NAME."""
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little")
+    return AnalyticBackend(TOY_TOKENS, name=name, seed=seed, sharpness=2.5)

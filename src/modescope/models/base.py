@@ -8,6 +8,7 @@ backend with a KV cache can encode the prompt once and let every child reuse its
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +79,8 @@ class Backend(ABC):
     vocab: Vocabulary
     max_context: int
     stats: ForwardStats
+    # when set, plain-text prompts are rendered as this chat message's template (see `with_chat`)
+    chat_style: ChatPrompt | None = None
 
     def __init__(self, name: str, vocab: Vocabulary, max_context: int) -> None:
         self.name = name
@@ -108,9 +111,20 @@ class Backend(ABC):
         assistant's reply, followed by the assistant prefill."""
         raise ModescopeError(f"model '{self.name}' has no chat template; drop --chat to use a plain prompt")
 
+    def with_chat(self, system: str | None = None, prefill: str = "") -> Backend:
+        """A view of this model (sharing its weights) whose plain-text prompts go through the chat template
+        as the user message, with this system message and assistant prefill."""
+        if not self.has_chat_template:
+            raise ModescopeError(f"model '{self.name}' has no chat template; use it with plain prompts")
+        view = copy.copy(self)
+        view.chat_style = ChatPrompt("", system, prefill)
+        return view
+
     def prompt_ids(self, prompt: str | ChatPrompt) -> list[int]:
         """Token ids of a plain prompt (tokenizer defaults, BOS included) or a chat prompt (the template
         already holds its special tokens, so none are added)."""
+        if isinstance(prompt, str) and self.chat_style is not None:
+            prompt = ChatPrompt(prompt, self.chat_style.system, self.chat_style.prefill)
         if isinstance(prompt, ChatPrompt):
             return self.encode(self.render_chat(prompt), add_special_tokens=False)
         return self.encode(prompt, add_special_tokens=True)

@@ -1,0 +1,1 @@
+"""Experiment suites: declarative TOML files of probes, run against a results store."""

@@ -1,0 +1,215 @@
+"""`modescope run`, `suites`, `runs`, `export` and `report`: suites against the results store.
+
+Only typer is imported at the top; everything heavy is imported inside the commands, so the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from modescope.store import Store
+
+StorePath = Annotated[
+    Path | None,
+    typer.Option("--store", help="Results store: a folder or a .sqlite file (default ./modescope-results)."),
+]
+RunId = Annotated[str, typer.Argument(help="Run id (see `modescope runs`), or 'latest'.")]
+
+
+class ExportFormat(StrEnum):
+    parquet = "parquet"
+    csv = "csv"
+    json = "json"
+
+
+def _open_store(path: Path | None) -> Store:
+    from modescope.store import Store
+
+    return Store(path)
+
+
+def _run_id(store: Store, run: str) -> int:
+    from modescope.errors import ModescopeError
+
+    if run == "latest":
+        latest = store.latest_run()
+        if latest is None:
+            raise ModescopeError(f"the store {store.path} holds no run yet; start one with `modescope run essay`")
+        return latest
+    if not run.isdigit():
+        raise ModescopeError(f"'{run}' is not a run id; give a number from `modescope runs` or 'latest'")
+    store.run(int(run))  # a clear error for an unknown id
+    return int(run)
+
+
+def run_command(
+    suite: Annotated[str, typer.Argument(help="A built-in suite (see `modescope suites`) or a TOML file.")],
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="Run on these models instead of the suite's; repeat.")
+    ] = None,
+    store_path: StorePath = None,
+    resume: Annotated[bool, typer.Option(help="Continue the latest unfinished run of this suite.")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Recompute only this probe (repeat), in the suite's latest run.")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Also write the HTML report here when the run ends.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+) -> None:
+    """Run an experiment suite: every probe on every model, stored as it finishes, cached by content."""
+    from modescope.cli import _console, _prepare_output, user_errors
+
+    with user_errors():
+        from modescope.suites.runner import plan_suite
+
+        plan = plan_suite(suite, model)
+        _prepare_output(report, "--report")
+        console = _console()
+        with _open_store(store_path) as store:
+            run_id = _run_with_progress(plan, store, resume, only, device, dtype, console)
+            console.print(f"run {run_id} finished; stored in {store.path}")
+            _print_overview(store, run_id, console)
+            if report is not None:
+                from modescope.viz.report_html import write_report
+
+                write_report(store, run_id, report)
+                console.print(f"wrote {report}")
+
+
+def _run_with_progress(
+    plan: Any, store: Store, resume: bool, only: list[str] | None, device: str, dtype: str, console: Console
+) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from modescope.suites.runner import RunEvents, run_suite
+
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        overall = bar.add_task(f"suite {plan.suite.name}", total=None)
+        current: dict[str, Any] = {}
+
+        def started(name: str, index: int, total: int) -> None:
+            bar.update(overall, total=total, completed=index)
+            current["task"] = bar.add_task(f"  {name}", total=None)
+            current["name"] = name
+
+        def progress(message: str) -> None:
+            if "task" in current:
+                bar.update(current["task"], description=f"  {current['name']}: {message}")
+
+        def finished(name: str, seconds: float, cached: bool) -> None:
+            bar.remove_task(current.pop("task"))
+            bar.advance(overall)
+            source = "from the cache" if cached else f"{seconds:.1f} s"
+            bar.console.print(f"[green]✓[/] {name} ({source})")
+
+        events = RunEvents(started, progress, finished, lambda name: progress(f"loading {name}"))
+        return run_suite(plan, store, resume=resume, only=only, device=device, dtype=dtype, events=events)
+
+
+def _print_overview(store: Store, run_id: int, console: Console) -> None:
+    from rich.table import Table
+
+    metrics = store.metrics(run_id)
+    if metrics.empty:
+        return
+    table = Table(title=f"run {run_id}: headline numbers", title_justify="left")
+    for column in ["probe", "model", "metric", "value"]:
+        table.add_column(column, justify="right" if column == "value" else "left")
+    keep = {"top1", "top1_share", "entropy_bits", "distinct_2", "embedding_diversity", "basin_share", "tau_star_token"}
+    keep |= {"tau_star_outcome", "root_entropy_bits"}
+    for row in metrics[metrics["metric"].isin(keep)].itertuples():
+        value = row.text if isinstance(row.text, str) and row.text else f"{row.value:.3g}"
+        table.add_row(str(row.probe), str(row.model), str(row.metric), value)
+    console.print(table)
+
+
+def suites_command() -> None:
+    """List the built-in suites."""
+    from rich.table import Table
+
+    from modescope.cli import _console
+    from modescope.suites.schema import builtin_suites, load_suite
+
+    table = Table(title="Built-in suites (run one with `modescope run NAME`)", title_justify="left")
+    for column in ["name", "probes", "models", "description"]:
+        table.add_column(column)
+    for name in builtin_suites():
+        suite, _, _ = load_suite(name)
+        table.add_row(name, str(len(suite.probes)), ", ".join(m.name for m in suite.models), suite.description)
+    _console().print(table)
+
+
+def runs_command(store_path: StorePath = None) -> None:
+    """List the runs in the store."""
+    from rich.table import Table
+
+    from modescope.cli import _console, user_errors
+    from modescope.viz.report_html import _when
+
+    with user_errors(), _open_store(store_path) as store:
+        runs = store.runs()
+        table = Table(title=f"Runs in {store.path}", title_justify="left")
+        for column in ["id", "suite", "status", "started", "finished", "probes", "models"]:
+            table.add_column(column)
+        for row in runs.to_dict("records"):
+            finished = row["finished"] if row["finished"] == row["finished"] else None  # NaN when unfinished
+            cells = [row["id"], row["suite"], row["status"], _when(float(row["started"])), _when(finished)]
+            table.add_row(*map(str, cells), str(row["probes"]), ", ".join(row["models"]))
+        _console().print(table)
+
+
+def export_command(
+    run: RunId,
+    format: Annotated[ExportFormat, typer.Option("--format", help="parquet, csv or json.")] = ExportFormat.csv,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: run-ID.FORMAT).")
+    ] = None,
+    store_path: StorePath = None,
+) -> None:
+    """Export a run's metrics (json: also every probe's settings and full result)."""
+    from modescope.cli import _console, _prepare_output, user_errors
+
+    with user_errors(), _open_store(store_path) as store:
+        run_id = _run_id(store, run)
+        path = output or Path(f"run-{run_id}.{format.value}")
+        _prepare_output(path, "--output")
+        store.export(run_id, format.value, path)
+        _console().print(f"wrote {path}")
+
+
+def report_command(
+    run: RunId,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
+    pdf: Annotated[
+        Path | None, typer.Option(help="Also print the report to this PDF (needs headless Chromium).")
+    ] = None,
+    store_path: StorePath = None,
+) -> None:
+    """Write one self-contained HTML report of a run: overview, every probe's metrics, figures and views."""
+    from modescope.cli import _console, _prepare_output, user_errors
+
+    with user_errors(), _open_store(store_path) as store:
+        from modescope.viz.report_html import write_pdf, write_report
+
+        run_id = _run_id(store, run)
+        _prepare_output(output, "--output")
+        _prepare_output(pdf, "--pdf")
+        write_report(store, run_id, output)
+        _console().print(f"wrote {output}")
+        if pdf is not None:
+            write_pdf(output, pdf)
+            _console().print(f"wrote {pdf}")

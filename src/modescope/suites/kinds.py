@@ -1,0 +1,255 @@
+"""What each probe kind computes, summarizes and renders, for a suite run.
+
+Every kind turns (models, prompt, parameters) into a `ProbeOutput`: summary metrics per model, the full
+JSON result, and rendered artifacts (PNG figures, self-contained HTML pages). Rendering happens here, once,
+so a report is pure assembly of stored pieces and a cached probe needs no model at all.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modescope.errors import ModescopeError
+from modescope.models.base import Backend
+from modescope.store import Artifact, Metric, ProbeOutput
+from modescope.suites import schema
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ProbeContext:
+    """One probe's models (with its chat settings applied), prompt and a progress callback."""
+
+    backends: list[Backend]
+    prompt: str
+    progress: Progress
+
+    def names(self) -> list[str]:
+        return [b.name for b in self.backends]
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _png(draw: Callable[[Path], Any]) -> Artifact:
+    """Render a figure through a function that writes a file, and keep its bytes."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "figure.png"
+        draw(path)
+        return Artifact("image/png", path.read_bytes())
+
+
+def _html(page: str) -> Artifact:
+    return Artifact("text/html", page.encode("utf-8"))
+
+
+# --- kinds -------------------------------------------------------------------------------------------------
+
+
+def run_distribution(ctx: ProbeContext, probe: schema.DistributionProbe) -> ProbeOutput:
+    from modescope.probes.distribution import distribution
+    from modescope.viz.distribution_plot import plot_distribution
+
+    candidates = probe.values() or []
+    ctx.progress("exact probabilities of every candidate")
+    result = distribution(
+        ctx.backends,
+        ctx.prompt,
+        candidates,
+        leading_space=probe.leading_space,
+        tokenizations=probe.tokenizations,
+        temperature=probe.temperature,
+        progress=lambda model, done, total: ctx.progress(f"{model}: {done}/{total} tree nodes"),
+    )
+    metrics = []
+    for r in result.results:
+        for name in ("coverage", "entropy_bits", "normalized_entropy", "effective_outcomes", "top1_share"):
+            metrics.append(Metric(r.model, name, _number(getattr(r, name))))
+        metrics.append(Metric(r.model, "top1", None, r.top1))
+    for c in result.comparisons:
+        for name in ("js_bits", "tv", "kl_ab_bits", "spearman"):
+            metrics.append(Metric(f"{c.a} vs {c.b}", name, _number(getattr(c, name))))
+    figure = _png(lambda path: plot_distribution(result, path))
+    return ProbeOutput(metrics, result.to_dict(), {"distribution.png": figure})
+
+
+def run_sample(ctx: ProbeContext, probe: schema.SampleProbe) -> ProbeOutput:
+    from modescope.engine.samplers import SamplerSettings
+    from modescope.probes.sampling import sample_models
+    from modescope.viz.tokens_html import sampling_page
+
+    sampler = SamplerSettings.make(
+        temperature=probe.temperature, top_p=probe.top_p, top_k=probe.top_k, min_p=probe.min_p
+    )
+    result = sample_models(
+        ctx.backends,
+        ctx.prompt,
+        n=probe.n,
+        max_tokens=probe.max_tokens,
+        sampler=sampler,
+        seed=probe.seed,
+        stop=probe.stop,
+        progress=lambda model: ctx.progress(f"{model}: {probe.n} completions"),
+    )
+    metrics = [Metric(m.model, name, _number(value)) for m in result.models for name, value in m.metrics.items()]
+    return ProbeOutput(metrics, result.to_dict(), {"samples.html": _html(sampling_page(result))})
+
+
+def run_temperature(ctx: ProbeContext, probe: schema.TemperatureProbe) -> ProbeOutput:
+    from modescope.probes import temperature as tp
+    from modescope.viz.temperature_plot import plot_temperature
+
+    sweep = tp.temperature_sweep(
+        ctx.backends, ctx.prompt, probe.temperatures, probe.n, probe.max_tokens, probe.seed, ctx.progress
+    )
+    fits: list[tp.TemperatureFit] = []
+    notes: list[str] = []
+    candidates = probe.values()
+    for i, base in enumerate(ctx.backends):
+        for tuned in ctx.backends[i + 1 :]:
+            if tp.same_tokenizer(base, tuned):
+                ctx.progress(f"token-level τ*: {base.name} → {tuned.name}")
+                fits += tp.token_level_fits(base, tuned, ctx.prompt, seed=probe.seed)
+            else:
+                notes.append(f"token-level test skipped for {base.name} / {tuned.name}: different tokenizers")
+            if candidates is not None:
+                ctx.progress(f"outcome-level τ*: {base.name} → {tuned.name}")
+                fits += tp.outcome_level_fits(base, tuned, ctx.prompt, candidates, tokenizations=probe.tokenizations)
+    metrics = []
+    for point in sweep.points:
+        for name in ("mean_entropy_bits", "distinct_2", "self_bleu"):
+            metrics.append(Metric(point.model, f"{name} @T={point.temperature:g}", _number(point.metrics.get(name))))
+    for fit in fits:
+        pair = f"{fit.source} → {fit.target}"
+        metrics.append(Metric(pair, f"tau_star_{fit.form}", _number(fit.tau)))
+        metrics.append(Metric(pair, f"explained_{fit.form}", _number(fit.explained)))
+    figure = _png(lambda path: plot_temperature(sweep, fits, path))
+    return ProbeOutput(metrics, tp.report_dict(sweep, fits), {"temperature.png": figure}, notes)
+
+
+def run_attractor(ctx: ProbeContext, probe: schema.AttractorProbe) -> ProbeOutput:
+    from modescope.probes.attractors import AttractorPlan, Edit, attractor_experiment
+    from modescope.viz.attractor_html import attractor_page
+    from modescope.viz.attractor_plot import plot_attractors
+
+    plan = AttractorPlan(
+        edits=[Edit.parse(e) for e in probe.edits],
+        swap_positions=probe.swap_positions,
+        alternatives=probe.alternatives,
+        detour_positions=probe.detours,
+        seed=probe.seed,
+    )
+    ctx.progress("greedy mainlines, then every perturbation in one batch per model")
+    results = attractor_experiment(ctx.backends, ctx.prompt, plan, probe.max_tokens, probe.criterion, probe.threshold)
+    metrics = []
+    for r in results:
+        for name in ("basin_share", "ending_share", "median_distance"):
+            metrics.append(Metric(r.model, name, _number(getattr(r, name))))
+    artifacts = {
+        "attractors.png": _png(lambda path: plot_attractors(results, path)),
+        "attractors.html": _html(attractor_page(results, ctx.prompt)),
+    }
+    return ProbeOutput(metrics, {"prompt": ctx.prompt, "models": [r.to_dict() for r in results]}, artifacts)
+
+
+def run_forks(ctx: ProbeContext, probe: schema.ForksProbe) -> ProbeOutput:
+    from modescope.probes.forks import forking_tokens
+    from modescope.viz.forks_html import forks_page
+
+    results = {}
+    for backend in ctx.backends:
+        ctx.progress(f"{backend.name}: sampling from every alternative along the mainline")
+        results[backend.name] = forking_tokens(
+            backend,
+            backend.prompt_ids(ctx.prompt),
+            max_tokens=probe.max_tokens,
+            samples=probe.samples,
+            threshold=probe.threshold,
+            max_alternatives=probe.max_alternatives,
+            seed=probe.seed,
+            outcome_regex=probe.outcome_regex,
+        )
+    metrics = []
+    for name, result in results.items():
+        top = result.forks(1)
+        metrics.append(Metric(name, "largest_shift", _number(top[0].change_score) if top else None))
+        metrics.append(
+            Metric(name, "fork_position", float(top[0].position) if top else None, top[0].token if top else None)
+        )
+    payload = {"prompt": ctx.prompt, "models": {k: v.to_dict() for k, v in results.items()}}
+    return ProbeOutput(metrics, payload, {"forks.html": _html(forks_page(results, ctx.prompt))})
+
+
+def run_multiverse(ctx: ProbeContext, probe: schema.MultiverseProbe) -> ProbeOutput:
+    from modescope.probes.multiverse import multiverse
+    from modescope.viz.multiverse_html import multiverse_html
+    from modescope.viz.multiverse_plot import plot_multiverse
+
+    done = [0]
+
+    def report(count: int) -> None:
+        done[0] += count
+        ctx.progress(f"{done[0]} nodes expanded")
+
+    tree = multiverse(
+        ctx.backends,
+        ctx.prompt,
+        prefix=probe.prefix,
+        depth=probe.depth,
+        cutoff=probe.cutoff,
+        max_nodes=probe.max_nodes,
+        merge=probe.merge,
+        progress=report,
+    )
+    metrics = []
+    for m, name in enumerate(tree.models):
+        metrics += _multiverse_metrics(tree, m, name)
+    data = tree.to_dict()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "multiverse.png"
+        plot_multiverse(tree, [path])
+        figure = Artifact("image/png", path.read_bytes())
+    artifacts = {"multiverse.png": figure, "multiverse.html": _html(multiverse_html(data))}
+    return ProbeOutput(metrics, data, artifacts, list(tree.notices))
+
+
+def _multiverse_metrics(tree: Any, model: int, name: str) -> list[Metric]:
+    """How far the model fans out: entropy of the first step, its most likely first step, and the blocks
+    of its own tree (few blocks with thick beams is collapse)."""
+    root = tree.root.values[model]
+    own = [n for n in tree.nodes() if (n.joint(model) or 0.0) >= tree.cutoff]
+    first = max(tree.root.children, key=lambda c: c.joint(model) or 0.0, default=None)
+    first_prob = first.values[model].prob if first is not None and first.values[model] is not None else None
+    return [
+        Metric(name, "root_entropy_bits", _number(root.entropy_bits if root is not None else None)),
+        Metric(name, "nodes", float(len(own))),
+        Metric(name, "top_first_step", _number(first_prob), first.path_text(model) if first is not None else None),
+    ]
+
+
+RUNNERS: dict[str, Callable[[ProbeContext, Any], ProbeOutput]] = {
+    "distribution": run_distribution,
+    "sample": run_sample,
+    "temperature": run_temperature,
+    "attractor": run_attractor,
+    "forks": run_forks,
+    "multiverse": run_multiverse,
+}
+
+
+def run_probe(ctx: ProbeContext, probe: Any) -> ProbeOutput:
+    runner = RUNNERS.get(probe.kind)
+    if runner is None:
+        raise ModescopeError(f"unknown probe kind '{probe.kind}'; use one of {', '.join(RUNNERS)}")
+    return runner(ctx, probe)

@@ -1,0 +1,204 @@
+"""Run a suite against the store: every probe once, cached by content, resumable after a crash.
+
+A probe's cache key is a hash of everything that decides its result: its kind and parameters, the rendered
+prompt, each model's identity (preset and package version, or path and modification time) with its chat
+settings, and the modescope version. A probe whose key is in the store is copied from there without
+loading any model, so rerunning an unchanged suite is instant. Each finished probe is saved in one
+transaction, so a killed run loses at most the probe it was computing; `resume=True` continues the latest
+unfinished run of the same suite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import modescope
+from modescope.errors import ModescopeError
+from modescope.suites import schema
+from modescope.suites.kinds import ProbeContext, run_probe
+
+if TYPE_CHECKING:
+    from modescope.models.base import Backend
+    from modescope.store import Store
+
+
+def model_identity(name: str) -> str:
+    """What a model name stands for, without loading it: a preset and its package version, or a path and
+    the modification time of its files, or (for a hub id) the name."""
+    from modescope.models import PRESETS
+
+    if name in PRESETS:
+        preset = PRESETS[name]
+        if not preset.installed():
+            raise ModescopeError(preset.missing_message())
+        return f"preset:{preset.cache_key()}:{getattr(preset, 'adapter', None)}"
+    identity = name
+    for part in name.split("+"):
+        path = Path(part).expanduser()
+        if path.exists():
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            identity += "|" + ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files[:200])
+    return identity
+
+
+@dataclass
+class PlannedProbe:
+    probe: Any  # a schema probe
+    prompt: str
+    models: list[schema.ModelEntry]
+    cache_key: str = ""
+
+
+@dataclass
+class SuitePlan:
+    suite: schema.Suite
+    text: str
+    models: list[schema.ModelEntry]
+    probes: list[PlannedProbe]
+    hash: str
+
+
+def plan_suite(name_or_path: str, models: Sequence[str] | None = None) -> SuitePlan:
+    """Validate a suite, render its prompts, pick its models (`models` overrides the suite's) and key every
+    probe for the cache. Fails before any model is loaded."""
+    suite, path, text = schema.load_suite(name_or_path)
+    entries = [schema.ModelEntry(name=m) for m in models] if models else list(suite.models)
+    if not entries:
+        raise ModescopeError(f"suite '{suite.name}' lists no models; add [[models]] entries or pass --model")
+    names = [e.name for e in entries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ModescopeError(f"model '{twice[0]}' is listed twice; name each model once")
+    identities = {e.name: model_identity(e.load_name) for e in entries}
+    planned = []
+    for probe in suite.probes:
+        chosen = [e for e in entries if probe.models is None or e.name in probe.models]
+        if not chosen:
+            raise ModescopeError(f"probe '{probe.name}' has none of the run's models ({', '.join(names)})")
+        item = PlannedProbe(probe, schema.render_prompt(suite, probe, path.parent), chosen)
+        item.cache_key = _cache_key(item, identities)
+        planned.append(item)
+    prompts = {p.probe.name: p.prompt for p in planned}
+    suite_hash = schema.suite_hash(suite, prompts | {"\x00models": json.dumps(names)})
+    return SuitePlan(suite, text, entries, planned, suite_hash)
+
+
+def _chat_settings(probe: Any, entry: schema.ModelEntry) -> dict[str, Any]:
+    chat = probe.chat if probe.chat is not None else entry.chat
+    return {"chat": chat, "system": probe.system or entry.system, "prefill": probe.prefill} if chat else {"chat": False}
+
+
+def _cache_key(item: PlannedProbe, identities: dict[str, str]) -> str:
+    parameters = item.probe.model_dump(mode="json", exclude={"name", "title", "prompt", "prompt_file", "variables"})
+    models = [[e.name, identities[e.name], _chat_settings(item.probe, e)] for e in item.models]
+    payload = json.dumps([modescope.__version__, parameters, item.prompt, models], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class ModelPool:
+    """Models loaded on first use, once per run."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    on_load: Callable[[str], None] | None = None
+    loaded: dict[str, Backend] = field(default_factory=dict)
+
+    def get(self, entry: schema.ModelEntry) -> Backend:
+        if entry.name not in self.loaded:
+            if self.on_load:
+                self.on_load(entry.name)
+            from modescope.models import load
+
+            backend = load(entry.load_name, device=self.device, dtype=self.dtype)
+            backend.name = entry.name
+            self.loaded[entry.name] = backend
+        return self.loaded[entry.name]
+
+    def view(self, probe: Any, entry: schema.ModelEntry) -> Backend:
+        """The model as this probe sees it: through its chat template when the probe (or the model entry)
+        asks for chat and the model has one; plain otherwise (a base model has no template)."""
+        backend = self.get(entry)
+        settings = _chat_settings(probe, entry)
+        if settings["chat"] and backend.has_chat_template:
+            return backend.with_chat(settings["system"], settings["prefill"])
+        return backend
+
+
+@dataclass
+class RunEvents:
+    """What the runner tells its caller (the CLI draws progress bars from these)."""
+
+    probe_started: Callable[[str, int, int], None] = lambda name, index, total: None
+    probe_progress: Callable[[str], None] = lambda message: None
+    probe_finished: Callable[[str, float, bool], None] = lambda name, seconds, cached: None
+    model_loading: Callable[[str], None] = lambda name: None
+
+
+def run_suite(
+    plan: SuitePlan,
+    store: Store,
+    *,
+    resume: bool = False,
+    only: Sequence[str] | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    events: RunEvents | None = None,
+) -> int:
+    """Run every probe of the plan (or only the named ones, recomputed) and return the run id."""
+    events = events or RunEvents()
+    names = [p.probe.name for p in plan.probes]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise ModescopeError(f"no probe '{unknown[0]}' in suite '{plan.suite.name}'; its probes: {', '.join(names)}")
+    run_id = _pick_run(plan, store, resume, bool(only))
+    done = set(store.finished_probes(run_id))
+    if only:
+        todo = [p for p in plan.probes if p.probe.name in only]
+    else:
+        todo = [p for p in plan.probes if p.probe.name not in done]
+    pool = ModelPool(device, dtype, events.model_loading)
+    for index, item in enumerate(todo):
+        events.probe_started(item.probe.name, index, len(todo))
+        started = time.perf_counter()
+        cached = None if only else store.cached(item.cache_key)
+        if cached is None:
+            context = ProbeContext([pool.view(item.probe, e) for e in item.models], item.prompt, events.probe_progress)
+            output = run_probe(context, item.probe)
+        else:
+            output = cached
+        seconds = time.perf_counter() - started
+        params = item.probe.model_dump(mode="json") | {"rendered_prompt": item.prompt}
+        params["models"] = [e.name for e in item.models]
+        store.save_probe(
+            run_id, item.probe.name, item.probe.kind, params, item.cache_key, seconds, output, cached is not None
+        )
+        events.probe_finished(item.probe.name, seconds, cached is not None)
+    store.finish_run(run_id)
+    return run_id
+
+
+def _pick_run(plan: SuitePlan, store: Store, resume: bool, only: bool) -> int:
+    """--resume continues the latest unfinished run of this suite; --only reruns probes of the latest run of
+    this suite; otherwise a new run."""
+    models = [e.model_dump(mode="json") for e in plan.models]
+    if resume:
+        run_id = store.resumable_run(plan.hash)
+        if run_id is None:
+            raise ModescopeError(
+                f"no unfinished run of suite '{plan.suite.name}' (with these models and prompts) to resume; "
+                "drop --resume to start a new run"
+            )
+        return run_id
+    if only:
+        runs = store.runs()
+        same = runs[runs["suite_hash"] == plan.hash] if len(runs) else runs
+        if len(same):
+            return int(same["id"].max())
+    return store.create_run(plan.suite.name, plan.hash, plan.text, models)

@@ -1,0 +1,317 @@
+"""Experiment files: TOML validated by pydantic, with errors that name the bad key and its line.
+
+A suite names its models and a list of probes. Prompts are inline (`prompt = "..."`) or read from a file
+next to the suite (`prompt_file = "x.txt"`), and may use `${variable}` placeholders filled from the
+suite's `[variables]` table (and from a probe's own `variables`). Example:
+
+    name = "mini"
+    [variables]
+    question = "Are bugs real?"
+
+    [[models]]
+    name = "gemma-3-270m"
+
+    [[models]]
+    name = "smollm2-135m-instruct"
+    chat = true            # prompts reach this model through its chat template, unless a probe says otherwise
+
+    [[probes]]
+    name = "bugs"
+    kind = "sample"
+    prompt = "Q: ${question}\\nA:"
+    n = 16
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import string
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from modescope.errors import ModescopeError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelEntry(Strict):
+    """A model of the suite: `name` labels it in results; `model` says what to load (default: the name)."""
+
+    name: str
+    model: str | None = None
+    chat: bool = False  # render prompts through the chat template (probes may override)
+    system: str | None = None  # system message when chatting
+
+    @property
+    def load_name(self) -> str:
+        return self.model or self.name
+
+
+class ProbeBase(Strict):
+    name: str
+    title: str | None = None
+    prompt: str | None = None
+    prompt_file: str | None = None
+    chat: bool | None = None  # None: each model's own setting; True/False: for every model with a template
+    system: str | None = None
+    prefill: str = ""
+    models: list[str] | None = None  # a subset of the suite's models, by name
+    variables: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError("a probe name uses letters, digits, '_', '-' and '.' only (it names the probe in --only)")
+        return value
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> ProbeBase:
+        if (self.prompt is None) == (self.prompt_file is None):
+            raise ValueError("give exactly one of prompt and prompt_file")
+        return self
+
+
+class Candidates(Strict):
+    integers: tuple[int, int] | None = None
+    choices: list[str] | None = None
+
+    def values(self) -> list[str] | None:
+        from modescope.probes import candidates
+
+        if self.integers is not None and self.choices is not None:
+            raise ModescopeError("give integers or choices, not both")
+        if self.integers is not None:
+            return candidates.integers(*self.integers)
+        if self.choices is not None:
+            return candidates.choices(self.choices)
+        return None
+
+
+class DistributionProbe(ProbeBase, Candidates):
+    kind: Literal["distribution"]
+    leading_space: Literal["optional", "required", "none"] = "optional"
+    tokenizations: Literal["all", "canonical"] = "all"
+    temperature: float = 1.0
+
+    @model_validator(mode="after")
+    def _has_candidates(self) -> DistributionProbe:
+        if self.integers is None and self.choices is None:
+            raise ValueError("a distribution probe needs integers = [LO, HI] or choices = [...]")
+        return self
+
+
+class SampleProbe(ProbeBase):
+    kind: Literal["sample"]
+    n: int = Field(16, ge=1, le=256)
+    max_tokens: int = Field(48, ge=1, le=1024)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    min_p: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    stop: list[str] = Field(default_factory=list)
+
+
+class TemperatureProbe(ProbeBase, Candidates):
+    kind: Literal["temperature"]
+    temperatures: list[float] = Field(default_factory=lambda: [0.5, 1.0, 1.5, 1.9], min_length=1)
+    n: int = Field(12, ge=1, le=256)
+    max_tokens: int = Field(32, ge=1, le=1024)
+    seed: int = 0
+    tokenizations: Literal["all", "canonical"] = "all"
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        if any(not t >= 0 for t in values):
+            raise ValueError("temperatures are 0 (greedy) or positive")
+        return values
+
+
+class AttractorProbe(ProbeBase):
+    kind: Literal["attractor"]
+    max_tokens: int = Field(48, ge=2, le=1024)
+    swap_positions: int = Field(5, ge=0)
+    alternatives: int = Field(3, ge=2)
+    edits: list[str] = Field(default_factory=list)  # "I:J:TEXT" as in `modescope attractor --edit`
+    detours: list[int] = Field(default_factory=list)
+    criterion: Literal["sentence", "edit", "embedding"] = "sentence"
+    threshold: float = Field(0.9, ge=0, le=1)
+    seed: int = 0
+
+
+class ForksProbe(ProbeBase):
+    kind: Literal["forks"]
+    max_tokens: int = Field(24, ge=1, le=256)
+    samples: int = Field(4, ge=1, le=64)
+    threshold: float = Field(0.05, gt=0, lt=1)
+    max_alternatives: int = Field(3, ge=1)
+    outcome_regex: str | None = None
+    seed: int = 0
+
+
+class MultiverseProbe(ProbeBase):
+    kind: Literal["multiverse"]
+    depth: int = Field(4, ge=1, le=64)
+    cutoff: float = Field(0.01, gt=0, lt=1)
+    max_nodes: int = Field(2000, ge=1)
+    prefix: str = ""
+    merge: bool = True
+
+
+Probe = Annotated[
+    DistributionProbe | SampleProbe | TemperatureProbe | AttractorProbe | ForksProbe | MultiverseProbe,
+    Field(discriminator="kind"),
+]
+KINDS = ["distribution", "sample", "temperature", "attractor", "forks", "multiverse"]
+
+
+class Suite(Strict):
+    name: str
+    description: str = ""
+    variables: dict[str, str] = Field(default_factory=dict)
+    models: list[ModelEntry] = Field(default_factory=list)
+    probes: list[Probe] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Suite:
+        for what, names in (("model", [m.name for m in self.models]), ("probe", [p.name for p in self.probes])):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"{what} name {twice[0]!r} is used twice; give each {what} its own name")
+        known = {m.name for m in self.models}
+        for probe in self.probes:
+            unknown = [m for m in probe.models or [] if known and m not in known]
+            if unknown:
+                raise ValueError(f"probe {probe.name!r} names model {unknown[0]!r}, which the suite does not list")
+        return self
+
+
+# --- loading -----------------------------------------------------------------------------------------------
+
+
+def _line_of(text: str, location: tuple[Any, ...]) -> int | None:
+    """The line of the key a validation error points at: the n-th [[table]] header, then the key inside it.
+    TOML parsers keep no positions, so this searches the text (exact for the usual one-key-per-line style)."""
+    lines = text.splitlines()
+    start, end = 0, len(lines)
+    rest = list(location)
+    if len(rest) >= 2 and isinstance(rest[0], str) and isinstance(rest[1], int):
+        table, index = rest[0], rest[1]
+        headers = [k for k, line in enumerate(lines) if re.match(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]", line)]
+        if index >= len(headers):
+            return None
+        start = headers[index]
+        following = [k for k, line in enumerate(lines) if k > start and re.match(r"^\s*\[", line)]
+        end = following[0] if following else len(lines)
+        rest = [r for r in rest[2:] if isinstance(r, str) and r not in KINDS]
+        if not rest:
+            return start + 1
+    elif rest and isinstance(rest[0], str):
+        following = [k for k, line in enumerate(lines) if re.match(r"^\s*\[", line)]
+        end = following[0] if following else len(lines)
+    key = next((r for r in rest if isinstance(r, str)), None)
+    if key is None:
+        return None
+    for k in range(start, end):
+        if re.match(rf"^\s*{re.escape(key)}\s*=", lines[k]):
+            return k + 1
+    return start + 1 if start else None
+
+
+def _describe(error: ValidationError, text: str, source: str) -> str:
+    first = error.errors()[0]
+    location = tuple(first["loc"])
+    path = ".".join(str(p) for p in location if not (isinstance(p, str) and p in KINDS)) or "(top level)"
+    message = str(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check its spelling against the probe kind's parameters)"
+    elif first["type"] == "union_tag_invalid":
+        message = f"unknown probe kind; use one of {', '.join(KINDS)}"
+    elif first["type"] == "union_tag_not_found":
+        message = f"a probe needs kind = one of {', '.join(KINDS)}"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    line = _line_of(text, location)
+    where = f"{source}, line {line}" if line else source
+    more = f" (and {len(error.errors()) - 1} more problems)" if len(error.errors()) > 1 else ""
+    return f"{where}: {path}: {message}{more}"
+
+
+def parse_suite(text: str, source: str = "suite") -> Suite:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ModescopeError(f"{source} is not valid TOML: {exc}") from None
+    try:
+        return Suite.model_validate(data)
+    except ValidationError as exc:
+        raise ModescopeError(_describe(exc, text, source)) from None
+
+
+BUILTIN = Path(__file__).parent
+
+
+def builtin_suites() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUILTIN.glob("*.toml"))}
+
+
+def locate_suite(name_or_path: str) -> Path:
+    """A built-in suite by name, or a TOML file."""
+    builtin = builtin_suites()
+    if name_or_path in builtin:
+        return builtin[name_or_path]
+    path = Path(name_or_path).expanduser()
+    if not path.is_file():
+        known = ", ".join(builtin) or "none"
+        raise ModescopeError(f"no suite '{name_or_path}': not a built-in suite ({known}) nor a TOML file")
+    return path
+
+
+def load_suite(name_or_path: str) -> tuple[Suite, Path, str]:
+    """The validated suite, its file, and its text."""
+    path = locate_suite(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModescopeError(f"cannot read the suite file '{path}': {exc}") from None
+    return parse_suite(text, str(path)), path, text
+
+
+def render_prompt(suite: Suite, probe: ProbeBase, folder: Path) -> str:
+    """The probe's prompt text with its ${variables} filled in."""
+    if probe.prompt is not None:
+        template = probe.prompt
+    else:
+        file = folder / str(probe.prompt_file)
+        try:
+            template = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModescopeError(f"probe '{probe.name}': cannot read prompt_file '{file}': {exc}") from None
+    try:
+        return string.Template(template).substitute({**suite.variables, **probe.variables})
+    except KeyError as exc:
+        raise ModescopeError(
+            f"probe '{probe.name}': the prompt uses ${{{exc.args[0]}}} but no variable of that name is defined; "
+            "add it under [variables] (write $$ for a literal $)"
+        ) from None
+    except ValueError as exc:
+        raise ModescopeError(
+            f"probe '{probe.name}': bad placeholder in the prompt ({exc}); write $$ for a literal $"
+        ) from None
+
+
+def suite_hash(suite: Suite, prompts: dict[str, str]) -> str:
+    """Identity of what a suite asks for: its validated content and every rendered prompt."""
+    payload = json.dumps([suite.model_dump(mode="json"), prompts], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]

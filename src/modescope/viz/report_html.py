@@ -1,0 +1,261 @@
+"""One self-contained HTML report of a suite run, assembled from the store.
+
+Every probe rendered its figures and pages when it ran, so the report only assembles them: a header with
+the run, an overview of each probe's headline numbers per model, then one section per probe with its
+prompt, settings, full metrics, figures (PNG as data URLs) and interactive pages (sandboxed iframes whose
+`srcdoc` holds the page). Nothing is fetched at view time, and all model and user text is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import html
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import modescope
+from modescope.errors import ModescopeError
+from modescope.store import Metric, ProbeOutput, Store
+
+# The numbers the overview shows per probe kind (all metrics are in each probe's own table).
+HEADLINES: dict[str, list[tuple[str, str]]] = {
+    "distribution": [
+        ("top1", "top-1"),
+        ("top1_share", "top-1 share"),
+        ("entropy_bits", "H bits"),
+        ("coverage", "coverage"),
+    ],
+    "sample": [
+        ("mean_entropy_bits", "token H bits"),
+        ("distinct_2", "distinct-2"),
+        ("embedding_diversity", "emb. diversity"),
+        ("equivalence_classes", "classes"),
+    ],
+    "temperature": [
+        ("tau_star_token", "τ* token"),
+        ("tau_star_outcome", "τ* outcome"),
+        ("explained_outcome", "explained"),
+    ],
+    "attractor": [("basin_share", "basin share"), ("median_distance", "median tokens back")],
+    "forks": [("largest_shift", "largest shift"), ("fork_position", "at token")],
+    "multiverse": [
+        ("root_entropy_bits", "first-step H bits"),
+        ("top_first_step", "top first step"),
+        ("nodes", "blocks"),
+    ],
+}
+FRAME_HEIGHT = {"multiverse": 980, "sample": 720, "attractor": 720, "forks": 640}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 0; color: #1b1b1b; background: #f6f6f4; }
+header, main, nav { max-width: 1500px; margin: 0 auto; padding: 0 1.5rem; }
+header { padding-top: 1.2rem; }
+h1 { font-size: 1.45rem; margin-bottom: 0.2rem; } h2 { font-size: 1.15rem; margin: 0 0 0.4rem; }
+h3 { font-size: 0.95rem; margin: 1rem 0 0.4rem; color: #444; }
+.meta { color: #555; font-size: 0.9rem; }
+table { border-collapse: collapse; font-size: 0.85rem; background: #fff; }
+th, td { border: 1px solid #e0e0dc; padding: 0.25rem 0.55rem; text-align: right; vertical-align: top; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #efefeb; }
+section.probe { background: #fff; border: 1px solid #deded8; border-radius: 6px; padding: 1rem 1.2rem;
+  margin: 1.2rem 0; }
+.prompt { white-space: pre-wrap; font-family: ui-monospace, monospace; background: #fafaf7; border: 1px solid #e4e4de;
+  padding: 0.5rem 0.7rem; font-size: 0.85rem; }
+.kind { display: inline-block; font-size: 0.75rem; background: #2f4858; color: #fff; border-radius: 3px;
+  padding: 0.05rem 0.4rem; margin-left: 0.4rem; vertical-align: middle; }
+.cached { background: #8a8a80; }
+.notes { color: #8a5a00; font-size: 0.85rem; }
+img.figure { max-width: 100%; border: 1px solid #eee; margin: 0.4rem 0; }
+iframe { width: 100%; border: 1px solid #ddd; border-radius: 4px; background: #fafafa; }
+nav ol { columns: 3; font-size: 0.9rem; }
+.overview td, .overview th { text-align: left; }
+code { font-size: 0.85rem; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _format(metric: Metric | None) -> str:
+    if metric is None:
+        return "–"
+    if metric.text is not None and metric.value is None:
+        return repr(metric.text)
+    if metric.value is None:
+        return "n/a"
+    value = metric.value
+    text = f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return f"{text} ({metric.text!r})" if metric.text is not None else text
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "not finished"
+    return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _metrics_table(output: ProbeOutput) -> str:
+    """Metric rows, one column per model (or model pair)."""
+    models = list(dict.fromkeys(m.model for m in output.metrics))
+    names = list(dict.fromkeys(m.name for m in output.metrics))
+    cell = {(m.model, m.name): m for m in output.metrics}
+    head = "".join(f"<th>{_e(model or 'all')}</th>" for model in models)
+    rows = "".join(
+        f"<tr><td>{_e(name)}</td>"
+        + "".join(f"<td>{_e(_format(cell.get((model, name))))}</td>" for model in models)
+        + "</tr>"
+        for name in names
+    )
+    return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
+
+
+def _artifact(name: str, mime: str, data: bytes, kind: str) -> str:
+    if mime.startswith("image/"):
+        encoded = base64.b64encode(data).decode("ascii")
+        return f'<img class="figure" alt="{_e(name)}" src="data:{_e(mime)};base64,{encoded}">'
+    if mime == "text/html":
+        height = FRAME_HEIGHT.get(kind, 640)
+        page = data.decode("utf-8")
+        # sandboxed: the page may run its own script but cannot reach the report or the network
+        return (
+            f'<iframe title="{_e(name)}" sandbox="allow-scripts" style="height:{height}px" '
+            f'srcdoc="{html.escape(page, quote=True)}"></iframe>'
+        )
+    return f"<p class='meta'>{_e(name)} ({_e(mime)}, {len(data)} bytes) is not shown</p>"
+
+
+def _probe_section(probe: dict[str, Any], output: ProbeOutput) -> str:
+    params = dict(probe["params"])
+    prompt = params.pop("rendered_prompt", "")
+    title = params.get("title") or probe["name"]
+    shown = {
+        k: v
+        for k, v in params.items()
+        if k not in ("name", "title", "prompt", "prompt_file", "variables", "kind") and v not in (None, [], {}, "")
+    }
+    settings = ", ".join(f"{k} = {v}" for k, v in shown.items())
+    badge = '<span class="kind cached">from cache</span>' if probe["from_cache"] else ""
+    notes = "".join(f"<p class='notes'>{_e(n)}</p>" for n in output.notes)
+    artifacts = "".join(_artifact(name, a.mime, a.data, probe["kind"]) for name, a in output.artifacts.items())
+    return f"""
+<section class="probe" id="probe-{_e(probe["name"])}">
+<h2>{_e(title)} <span class="kind">{_e(probe["kind"])}</span>{badge}</h2>
+<p class="meta">probe <code>{_e(probe["name"])}</code> · {probe["seconds"]:.1f} s · {_e(settings)}</p>
+<div class="prompt">{_e(prompt)}</div>
+{notes}
+<h3>Metrics</h3>
+{_metrics_table(output)}
+<h3>Figures and views</h3>
+{artifacts}
+</section>"""
+
+
+def _overview(probes: list[dict[str, Any]], outputs: dict[str, ProbeOutput], models: list[str]) -> str:
+    """One row per probe, one column per model: the probe kind's headline numbers."""
+    rows = []
+    for probe in probes:
+        output = outputs[probe["name"]]
+        cell = {(m.model, m.name): m for m in output.metrics}
+        heads = HEADLINES.get(probe["kind"], [])
+        columns = list(models)
+        if probe["kind"] == "temperature":  # its numbers belong to model pairs
+            columns = list(dict.fromkeys(m.model for m in output.metrics if m.name.startswith(("tau", "explained"))))
+        cells = []
+        for model in columns:
+            parts = [f"{label} {_format(cell[(model, name)])}" for name, label in heads if (model, name) in cell]
+            prefix = f"{model}: " if model not in models else ""
+            cells.append(_e(prefix + " · ".join(parts)) if parts else "–")
+        if probe["kind"] == "temperature":
+            cells = ["<br>".join(cells)] + [""] * (len(models) - 1) if cells else ["–"] * len(models)
+        link = f'<a href="#probe-{_e(probe["name"])}">{_e(probe["params"].get("title") or probe["name"])}</a>'
+        rows.append(
+            f"<tr><td>{link}</td><td>{_e(probe['kind'])}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+        )
+    head = "".join(f"<th>{_e(m)}</th>" for m in models)
+    return f'<table class="overview"><tr><th>probe</th><th>kind</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def report_html(store: Store, run_id: int) -> str:
+    run = store.run(run_id)
+    probes = store.probes(run_id)
+    if not probes:
+        raise ModescopeError(f"run {run_id} has no finished probe yet; run it (or --resume it) first")
+    outputs = {p["name"]: store.probe_output(run_id, p["name"]) for p in probes}
+    models = [m["name"] for m in run.models]
+    model_rows = "".join(
+        f"<tr><td>{_e(m['name'])}</td><td>{_e(m.get('model') or m['name'])}</td><td>{'chat' if m.get('chat') else 'plain'}</td></tr>"
+        for m in run.models
+    )
+    computed = sum(p["seconds"] for p in probes if not p["from_cache"])
+    duration = (run.finished - run.started) if run.finished else None
+    toc = "".join(
+        f'<li><a href="#probe-{_e(p["name"])}">{_e(p["params"].get("title") or p["name"])}</a></li>' for p in probes
+    )
+    sections = "".join(_probe_section(p, outputs[p["name"]]) for p in probes)
+    text_hash = hashlib.sha256(run.suite_text.encode()).hexdigest()[:12]
+    timing = f"{duration:.0f} s wall" if duration is not None else "unfinished"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>modescope report: {_e(run.suite)} run {run.id}</title>
+<style>{STYLE}</style></head>
+<body>
+<header id="run">
+<h1>modescope report · suite “{_e(run.suite)}” · run {run.id}</h1>
+<p class="meta">status {_e(run.status)} · started {_when(run.started)} · finished {_when(run.finished)} · {timing},
+{computed:.0f} s of model time ({sum(p["from_cache"] for p in probes)} of {len(probes)} probes from the cache) ·
+suite hash <code>{_e(run.suite_hash)}</code> (file {text_hash}) · modescope {_e(modescope.__version__)}</p>
+<table><tr><th>model</th><th>loaded as</th><th>prompts</th></tr>{model_rows}</table>
+</header>
+<nav><h3>Probes</h3><ol>{toc}</ol></nav>
+<main>
+<section class="probe" id="summary"><h2>Overview</h2>
+<p class="meta">Headline numbers per probe and model; every metric is in the probe's own section.</p>
+{_overview(probes, outputs, models)}
+</section>
+{sections}
+</main>
+</body></html>
+"""
+
+
+def write_report(store: Store, run_id: int, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report_html(store, run_id), encoding="utf-8")
+    return path
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def write_pdf(html_path: Path, pdf_path: Path) -> Path:
+    """Print the report to PDF with headless Chromium."""
+    browser = chromium()
+    if browser is None:
+        raise ModescopeError("--pdf needs a headless Chromium (apt-get install chromium); the HTML report was written")
+    pdf_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        command = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+            "--no-first-run",
+            f"--user-data-dir={profile}",
+            "--no-pdf-header-footer",
+            f"--print-to-pdf={pdf_path.resolve()}",
+            html_path.resolve().as_uri(),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=180, check=False)
+    if done.returncode != 0 or not pdf_path.is_file():
+        raise ModescopeError(f"Chromium could not print the PDF: {done.stderr.strip()[-300:]}")
+    return pdf_path
