@@ -26,6 +26,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modescope.errors import ModescopeError
@@ -209,12 +210,11 @@ def _prompt_ids(backend: Backend, prompt: str | ChatPrompt) -> list[int]:
 # --- middleware -------------------------------------------------------------------------------------------
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimit:
-    """Refuse request bodies over the cap with 413, whether they announce their length or stream it."""
+    """Refuse request bodies over the cap with 413, whether they announce their length or stream it.
+
+    The body is read (up to the cap) before the app sees it, then replayed: a cap of a few hundred KiB makes
+    that cheap, and the app never works on a truncated body."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -224,32 +224,32 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        message = f"the request body is larger than the cap of {self.max_bytes:,} bytes (max_body_bytes)"
+        too_large = _error(413, f"the request body is larger than the cap of {self.max_bytes:,} bytes (max_body_bytes)")
         for key, value in scope.get("headers", []):
             if key == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await _error(413, message)(scope, receive, send)
+                await too_large(scope, receive, send)
                 return
-        seen = 0
-        started = False
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        async def counted() -> Message:
-            nonlocal seen
-            incoming = await receive()
-            seen += len(incoming.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return incoming
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # after the body: only the disconnect is left to wait for
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
-        async def watched(outgoing: Message) -> None:
-            nonlocal started
-            started = started or outgoing["type"] == "http.response.start"
-            await send(outgoing)
-
-        try:
-            await self.app(scope, counted, watched)
-        except _TooLarge:
-            if not started:
-                await _error(413, message)(scope, receive, send)
+        await self.app(scope, replay, send)
 
 
 # --- the app ------------------------------------------------------------------------------------------------
@@ -302,6 +302,10 @@ def create_app(
     @app.exception_handler(Busy)
     async def _busy(_: Request, exc: Busy) -> JSONResponse:
         return _error(503, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
