@@ -19,7 +19,7 @@ from modescope.web.app import create_app
 
 # Every printable ASCII character (so any typed prompt tokenizes) plus some words, so texts look like text.
 WORDS = [" the", " cat", " sat", " on", " mat", " and", " a", " dog", " ran", " yes", " no", " is", " it", "Q:", "A:"]
-TOKENS = list(string.printable[:95]) + ["\n", *WORDS]
+TOKENS = [*string.printable[:95], "\n", *WORDS]
 BASE, TUNED = "toy-base", "toy-tuned"
 
 

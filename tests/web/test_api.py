@@ -212,7 +212,7 @@ def test_distribution_choices_and_errors(client: TestClient) -> None:
 def test_multiverse_streams_the_tree_and_its_interactive_page(client: TestClient) -> None:
     request = {"models": [BASE, TUNED], "prompt": PROMPT, "depth": 2, "cutoff": 0.05, "max_nodes": 200}
     found = events(client.post("/api/multiverse", json=request))
-    assert [k for k, _ in found][0] == "queued" and found[-1][0] == "result"
+    assert found[0][0] == "queued" and found[-1][0] == "result"
     assert any(kind == "progress" and data["expanded"] > 0 for kind, data in found)
     result = found[-1][1]
     assert result["tree"]["models"] == [BASE, TUNED] and result["size"] > 1

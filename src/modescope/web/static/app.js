@@ -296,6 +296,7 @@ async function importTree(file) {
 // ---- columns: one per model, the selected completion token by token and its alternates ----
 function tokenSpan(t, nodeId, pos) {
   const span = el("span", "tok", shown(tokenLabel(t)));
+  span.dataset.id = String(t.id);
   if (t.special) span.classList.add("special");
   if (t.edited) span.classList.add("edited");
   else if (typeof t.raw_logprob === "number") span.style.background = colour(Math.exp(t.raw_logprob));
