@@ -324,7 +324,7 @@ function renderColumns() {
     const column = el("section", "column");
     column.dataset.model = model;
     const title = el("h2", "", model);
-    const depth = node.prefix.length ? " · branch at token " + node.prefix.length : "";
+    const depth = node.at !== undefined ? " · branched at token " + node.at : "";
     title.appendChild(el("span", "faint", (node.label || "") + depth));
     column.appendChild(title);
     const main = el("div", "main text");
@@ -411,6 +411,7 @@ async function regenerate(parent, run, kept, ids, edit, edited, mode, label) {
   const node = addNode({ kind: "branch", parent: parent.id, model: parent.model, prefix: kept.concat(edited),
     completions: result.completions, selected: 0, mode: sampled ? "sampled" : "greedy" });
   node.auto = label;
+  node.at = kept.length;
   state.shown[node.model] = node.id;
   focusNode(node.id);
 }
