@@ -26,8 +26,8 @@ setup: $(STAMP)
 
 demo: setup
 	mkdir -p out
-	$(VENV)/bin/modescope dist --integers 0 100 --prompt-file examples/random-integer.txt \
-		--json out/random-integer.json --plot out/random-integer.png
+	# the essay's experiments on the three presets; results go to ./modescope-results, the report to out/
+	$(VENV)/bin/modescope run essay --report out/essay-report.html
 
 test: setup
 	$(VENV)/bin/pytest

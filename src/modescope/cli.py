@@ -906,7 +906,9 @@ def _register_subcommands() -> None:
     """Command groups that live next to their code (their modules import only typer at the top)."""
     from modescope.lab.cli import lab_app
     from modescope.suites import commands
+    from modescope.web.cli import serve
 
+    app.command()(serve)
     app.add_typer(lab_app, name="lab")
     app.command("run")(commands.run_command)
     app.command("suites")(commands.suites_command)

@@ -116,14 +116,17 @@ def run_temperature(ctx: ProbeContext, probe: schema.TemperatureProbe) -> ProbeO
     fits: list[tp.TemperatureFit] = []
     notes: list[str] = []
     candidates = probe.values()
+    # "is it just temperature?": at the token level for every pair that shares a tokenizer; at the outcome
+    # level (any tokenizers) between the first model, the base, and each of the others
     for i, base in enumerate(ctx.backends):
         for tuned in ctx.backends[i + 1 :]:
             if tp.same_tokenizer(base, tuned):
                 ctx.progress(f"token-level τ*: {base.name} → {tuned.name}")
-                fits += tp.token_level_fits(base, tuned, ctx.prompt, seed=probe.seed)
+                length = max(16, probe.max_tokens)
+                fits += tp.token_level_fits(base, tuned, ctx.prompt, n=probe.n, max_tokens=length, seed=probe.seed)
             else:
                 notes.append(f"token-level test skipped for {base.name} / {tuned.name}: different tokenizers")
-            if candidates is not None:
+            if candidates is not None and i == 0:
                 ctx.progress(f"outcome-level τ*: {base.name} → {tuned.name}")
                 fits += tp.outcome_level_fits(base, tuned, ctx.prompt, candidates, tokenizations=probe.tokenizations)
     metrics = []

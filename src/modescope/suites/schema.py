@@ -232,6 +232,8 @@ def _line_of(text: str, location: tuple[Any, ...]) -> int | None:
 def _describe(error: ValidationError, text: str, source: str) -> str:
     first = error.errors()[0]
     location = tuple(first["loc"])
+    if str(first["type"]).startswith("union_tag"):  # the error is about the probe's kind key
+        location = (*location, "kind")
     path = ".".join(str(p) for p in location if not (isinstance(p, str) and p in KINDS)) or "(top level)"
     message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

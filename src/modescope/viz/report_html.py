@@ -171,12 +171,12 @@ def _overview(probes: list[dict[str, Any]], outputs: dict[str, ProbeOutput], mod
             parts = [f"{label} {_format(cell[(model, name)])}" for name, label in heads if (model, name) in cell]
             prefix = f"{model}: " if model not in models else ""
             cells.append(_e(prefix + " · ".join(parts)) if parts else "–")
-        if probe["kind"] == "temperature":
-            cells = ["<br>".join(cells)] + [""] * (len(models) - 1) if cells else ["–"] * len(models)
+        if probe["kind"] == "temperature":  # one cell across the model columns, a line per pair
+            body = f'<td colspan="{len(models)}">{"<br>".join(cells) or "–"}</td>'
+        else:
+            body = "".join(f"<td>{c}</td>" for c in cells)
         link = f'<a href="#probe-{_e(probe["name"])}">{_e(probe["params"].get("title") or probe["name"])}</a>'
-        rows.append(
-            f"<tr><td>{link}</td><td>{_e(probe['kind'])}</td>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
-        )
+        rows.append(f"<tr><td>{link}</td><td>{_e(probe['kind'])}</td>{body}</tr>")
     head = "".join(f"<th>{_e(m)}</th>" for m in models)
     return f'<table class="overview"><tr><th>probe</th><th>kind</th>{head}</tr>{"".join(rows)}</table>'
 
