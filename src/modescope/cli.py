@@ -431,7 +431,7 @@ def _named_metric(name: str, metrics_of: Callable[[Any], dict[str, float]]) -> C
 
 
 def _strict_json(data: Any) -> str:
-    from modescope.probes.distribution import finite_json
+    from modescope.jsonsafe import finite_json
 
     return finite_json(data)
 

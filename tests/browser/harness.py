@@ -14,16 +14,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, Route, sync_playwright
 
+from modescope.browser import HEADLESS_FLAGS
+
 CHROMIUM = Path("/usr/bin/chromium")
-LAUNCH_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-    "--no-first-run",
-]
+LAUNCH_ARGS = HEADLESS_FLAGS
 # anything that is not a local file is a page reaching for the network, which a self-contained page must not
 NOT_LOCAL = re.compile(r"^(?!file:|data:|about:).*")
 

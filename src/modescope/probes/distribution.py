@@ -15,7 +15,6 @@ one's mass excludes the longer one's, so outcomes stay disjoint and their masses
 from __future__ import annotations
 
 import bisect
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ import torch
 from modescope import metrics
 from modescope.engine.tree import Child, ExpansionStats, Node, PrefixTree
 from modescope.errors import ModescopeError
+from modescope.jsonsafe import finite_json
 from modescope.models.base import Backend, ChatPrompt
 from modescope.models.vocab import Vocabulary, starts_with_boundary
 
@@ -283,21 +283,6 @@ def tempered(temperature: float) -> Callable[[torch.Tensor], torch.Tensor] | Non
     if temperature == 1.0:
         return None
     return lambda logprobs: torch.log_softmax(logprobs / temperature, dim=-1)
-
-
-def finite_json(data: Any) -> str:
-    """Strict JSON (indented, UTF-8 kept) in which every non-finite float is written as null."""
-    return json.dumps(_finite(data), indent=2, ensure_ascii=False, allow_nan=False)
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 class AnswerTree:

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import html
 import json
-import math
 from pathlib import Path
 from typing import Any
+
+from modescope.jsonsafe import finite
 
 # The base rules match tokens_html.STYLE; they are repeated rather than imported because that module pulls
 # in torch (1.4 s), and this page is written from plain JSON.
@@ -442,20 +443,9 @@ window.multiverseReady = true;
 """
 
 
-def _finite(value: Any) -> Any:
-    """JSON.parse rejects NaN and Infinity, so non-finite numbers travel as null (= not measured)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _embedded_json(data: dict[str, Any]) -> str:
     """The data as JSON that cannot end its <script> element: every "<" is written as the escape \\u003c."""
-    text = json.dumps(_finite(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = json.dumps(finite(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c")
 
 

@@ -12,13 +12,13 @@ import base64
 import datetime as dt
 import hashlib
 import html
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import modescope
+from modescope.browser import HEADLESS_FLAGS, find_chromium
 from modescope.errors import ModescopeError
 from modescope.store import Metric, ProbeOutput, Store
 
@@ -229,13 +229,9 @@ def write_report(store: Store, run_id: int, path: Path) -> Path:
     return path
 
 
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
 def write_pdf(html_path: Path, pdf_path: Path) -> Path:
     """Print the report to PDF with headless Chromium."""
-    browser = chromium()
+    browser = find_chromium()
     if browser is None:
         raise ModescopeError("--pdf needs a headless Chromium (apt-get install chromium); the HTML report was written")
     pdf_path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,13 +239,7 @@ def write_pdf(html_path: Path, pdf_path: Path) -> Path:
         command = [
             browser,
             "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-quic",
-            "--no-first-run",
+            *HEADLESS_FLAGS,
             f"--user-data-dir={profile}",
             "--no-pdf-header-footer",
             f"--print-to-pdf={pdf_path.resolve()}",

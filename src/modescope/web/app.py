@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import math
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -30,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modescope.errors import ModescopeError
+from modescope.jsonsafe import finite
 from modescope.models.base import Backend, ChatPrompt
 from modescope.web.schemas import (
     AttractorIn,
@@ -98,19 +98,8 @@ class Registry:
 # --- JSON helpers -------------------------------------------------------------------------------------------
 
 
-def _finite(value: Any) -> Any:
-    """NaN and infinities are not JSON: they travel as null (not measured / impossible)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _json(data: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(_finite(data), status_code=status)
+    return JSONResponse(finite(data), status_code=status)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -341,7 +330,7 @@ def create_app(
         future = worker.submit(lambda: call(emit))
 
         def frame(kind: str, data: Any) -> str:
-            return f"event: {kind}\ndata: {json.dumps(_finite(data), separators=(',', ':'))}\n\n"
+            return f"event: {kind}\ndata: {json.dumps(finite(data), separators=(',', ':'))}\n\n"
 
         async def body() -> AsyncIterator[str]:
             done = asyncio.wrap_future(future)
