@@ -78,3 +78,16 @@ def test_report_renders_every_section_without_errors(page: Page, page_log: PageL
     page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
     assert (tmp_path / "report.png").stat().st_size > 50_000
     page_log.assert_clean()
+
+
+@pytest.mark.browser
+def test_report_prints_to_pdf(tmp_path: Path) -> None:
+    from tests.unit.test_cli import invoke
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text(TOY_SUITE)
+    store, html, pdf = tmp_path / "store", tmp_path / "r.html", tmp_path / "r.pdf"
+    assert invoke("run", suite, "--store", store).exit_code == 0
+    result = invoke("report latest -o", html, "--pdf", pdf, "--store", store)
+    assert result.exit_code == 0, result.output
+    assert pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 20_000
