@@ -94,6 +94,11 @@ def test_a_model_listed_twice_on_the_command_line(tmp_path: Path) -> None:
     assert_user_error(result, "listed twice")
 
 
+def test_a_suite_needs_two_models(tmp_path: Path) -> None:
+    result = invoke("run", write_suite(tmp_path), "--model", "toy:a", "--store", tmp_path / "s")
+    assert_user_error(result, "needs at least two models to compare (got toy:a)")
+
+
 def test_the_builtin_essay_suite_is_valid() -> None:
     assert "essay" in builtin_suites()
     suite, _, _ = load_suite("essay")

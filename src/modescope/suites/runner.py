@@ -69,8 +69,12 @@ def plan_suite(name_or_path: str, models: Sequence[str] | None = None) -> SuiteP
     probe for the cache. Fails before any model is loaded."""
     suite, path, text = schema.load_suite(name_or_path)
     entries = [schema.ModelEntry(name=m) for m in models] if models else list(suite.models)
-    if not entries:
-        raise ModescopeError(f"suite '{suite.name}' lists no models; add [[models]] entries or pass --model")
+    if len(entries) < 2:  # a suite compares models (a base and its tuned sibling, typically)
+        given = ", ".join(e.name for e in entries) or "none"
+        raise ModescopeError(
+            f"suite '{suite.name}' needs at least two models to compare (got {given}); "
+            "add [[models]] entries or pass --model for each"
+        )
     names = [e.name for e in entries]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
