@@ -788,14 +788,14 @@ def multiverse(
         from modescope.models import DEFAULT_MODELS
         from modescope.probes.multiverse import ExpansionOptions
 
-        ExpansionOptions(depth, cutoff, max_nodes).check()  # before any model is loaded
+        options = ExpansionOptions(depth, cutoff, max_nodes, merge, stop_at_eos)
+        options.check()  # before any model is loaded
         the_prompt = _prompt(prompt, prompt_file, chat, system, prefill)
         outputs = {"--svg": svg, "--png": png, "--html": html, "--json": json_path}
         for option, path in outputs.items():
             _prepare_output(path, option)
         console = _console()
         backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
-        options = ExpansionOptions(depth, cutoff, max_nodes, merge, stop_at_eos)
         tree = _run_multiverse(backends, the_prompt, prefix, options, cache)
         view = tree.view(tree.find(zoom)) if zoom else None
         _print_multiverse(tree, console)

@@ -219,10 +219,7 @@ def run_multiverse(ctx: ProbeContext, probe: schema.MultiverseProbe) -> ProbeOut
     for m, name in enumerate(tree.models):
         metrics += _multiverse_metrics(tree, m, name)
     data = tree.to_dict()
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "multiverse.png"
-        plot_multiverse(tree, [path])
-        figure = Artifact("image/png", path.read_bytes())
+    figure = _png(lambda path: plot_multiverse(tree, [path]))
     artifacts = {"multiverse.png": figure, "multiverse.html": _html(multiverse_html(data))}
     return ProbeOutput(metrics, data, artifacts, list(tree.notices))
 

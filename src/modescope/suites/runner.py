@@ -37,7 +37,7 @@ def model_identity(name: str) -> str:
         preset = PRESETS[name]
         if not preset.installed():
             raise ModescopeError(preset.missing_message())
-        return f"preset:{preset.cache_key()}:{getattr(preset, 'adapter', None)}"
+        return f"preset:{preset.cache_key()}:{preset.adapter}"
     identity = name
     for part in name.split("+"):
         path = Path(part).expanduser()
