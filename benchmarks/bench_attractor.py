@@ -47,6 +47,8 @@ from common import (
     add_measure_rows,
     benchmark_parser,
     detail,
+    environment_line,
+    parse_options,
     prepare_run,
     progress_bar,
     task,
@@ -279,11 +281,7 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = benchmark_parser(__doc__, repeats=2)
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    return args
+    return parse_options(benchmark_parser(__doc__, repeats=2), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,8 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     env = prepare_run(console.status, args.repeats)
     console.print(
         f"prompt {PLAIN_PROMPT!r}: greedy mainline of {MAX_TOKENS} tokens, swaps at {SWAP_POSITIONS} positions "
-        f"(k=2..{ALTERNATIVES}); torch {env['torch']}, transformers {env['transformers']} on "
-        f"{env['torch_threads']} threads, {env['cpus']} CPUs, load average {env['load_average_1m_start']:.1f}"
+        f"(k=2..{ALTERNATIVES}); {environment_line(env)}"
     )
 
     reports: list[ModelReport] = []

@@ -41,6 +41,8 @@ from common import (
     against,
     benchmark_parser,
     detail,
+    environment_line,
+    parse_options,
     prepare_run,
     progress_bar,
     task,
@@ -361,9 +363,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-cold", action="store_true", help="skip cold loads (each converts a GGUF: 20-60 s)")
     parser.add_argument("--batch-size", type=int, default=32, help="rows per forward pass of the baseline")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.batch_size < 1:
-        parser.error("--repeats and --batch-size must be at least 1")
+    args = parse_options(parser, argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
     return args
 
 
@@ -375,10 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     prompt = PROMPT_FILE.read_text(encoding="utf-8")
     candidates = modescope.integers(LO, HI)
     console.print(f"prompt {prompt!r}")
-    console.print(
-        f"candidates {LO}..{HI} with optional leading space; torch {env['torch']} on {env['torch_threads']} "
-        f"threads, {env['cpus']} CPUs, load average {env['load_average_1m_start']:.1f}"
-    )
+    console.print(f"candidates {LO}..{HI} with optional leading space; {environment_line(env)}")
 
     reports: list[ModelReport] = []
     with progress_bar(console) as progress:

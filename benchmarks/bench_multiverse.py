@@ -36,6 +36,8 @@ from common import (
     against,
     benchmark_parser,
     detail,
+    environment_line,
+    parse_options,
     prepare_run,
     progress_bar,
     task,
@@ -200,15 +202,9 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = benchmark_parser(__doc__, repeats=2)
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    args = parse_options(benchmark_parser(__doc__, repeats=2), argv)
     env = prepare_run(console.status, args.repeats)
-    console.print(
-        f"torch {env['torch']}, transformers {env['transformers']} on {env['torch_threads']} threads, "
-        f"{env['cpus']} CPUs, load average {env['load_average_1m_start']:.1f}"
-    )
+    console.print(environment_line(env))
     reports = []
     with progress_bar(console) as progress:
         for name in args.models:

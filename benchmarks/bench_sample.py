@@ -66,6 +66,8 @@ from common import (
     against,
     benchmark_parser,
     detail,
+    environment_line,
+    parse_options,
     prepare_run,
     progress_bar,
     task,
@@ -478,10 +480,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--profile", type=int, default=0, metavar="LINES", help="also cProfile one modescope run; print LINES rows"
     )
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    return args
+    return parse_options(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,8 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     env = prepare_run(console.status, args.repeats)
     console.print(
         f"question {QUESTION!r}: n={N} continuations of {MAX_TOKENS} tokens at temperature {TEMPERATURE:g}, seed "
-        f"{SEED}, top-{TOP_K_ALTERNATIVES} alternatives; torch {env['torch']}, transformers {env['transformers']} "
-        f"on {env['torch_threads']} threads, {env['cpus']} CPUs, load average {env['load_average_1m_start']:.1f}"
+        f"{SEED}, top-{TOP_K_ALTERNATIVES} alternatives; {environment_line(env)}"
     )
 
     reports: list[ModelReport] = []

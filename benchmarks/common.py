@@ -100,6 +100,22 @@ def benchmark_parser(doc: str | None, repeats: int) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_options(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line of a benchmark, refusing --repeats below 1."""
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def environment_line(env: dict[str, Any]) -> str:
+    """Library versions, threads, CPUs and the load average at the start, for the first line of output."""
+    return (
+        f"torch {env['torch']}, transformers {env['transformers']} on {env['torch_threads']} threads, "
+        f"{env['cpus']} CPUs, load average {env['load_average_1m_start']:.1f}"
+    )
+
+
 def prepare_run(status: Callable[[str], Any], repeats: int) -> dict[str, Any]:
     """Offline settings, torch and transformers imported (timed apart), and the environment block."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
