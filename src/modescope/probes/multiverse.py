@@ -471,7 +471,7 @@ class _Expander:
         self.counter = 0
         self.listed = 0
         self.forwarded = [0] * len(backends)
-        self.truncated_at: int | None = None
+        self.truncated = False  # the tree reached max_nodes: nothing more is listed
 
     def run(self, roots: Sequence[Sequence[int]], progress: Progress | None) -> MultiverseNode:
         root = MultiverseNode("", "", 0, False, [ModelValues(1.0, 1.0) for _ in self.backends])
@@ -484,7 +484,7 @@ class _Expander:
             values.spellings = [spelling]
             below[m] = self._below(m, [0], [spelling], logprobs)[0]
         self._list_children(root, below)
-        while self.frontier and self.truncated_at is None:
+        while self.frontier and not self.truncated:
             batch = [heapq.heappop(self.frontier)[2] for _ in range(min(self.batch_size, len(self.frontier)))]
             self._expand(batch)
             if progress:
@@ -517,7 +517,7 @@ class _Expander:
                 for node, result in zip(nodes, results, strict=True):
                     below[id(node)][m] = result
         for node in batch:
-            if self.truncated_at is None:
+            if not self.truncated:
                 self._list_children(node, below[id(node)])
             for values in node.values:  # the children hold their parent rows now; drop this node's
                 for spelling in values.spellings if values is not None else []:
@@ -578,15 +578,11 @@ class _Expander:
         room = self.options.max_nodes - self.listed
         if len(children) > room:  # the budget ends here: keep the largest children, expand nothing more
             children = children[:room]
-            self.truncated_at = self.options.max_nodes
+            self.truncated = True
         self.listed += len(children)
         node.children = children
         for child in children:
-            if (
-                self.truncated_at is None
-                and child.depth < self.options.depth
-                and not (child.eos and self.options.stop_at_eos)
-            ):
+            if not self.truncated and child.depth < self.options.depth and not (child.eos and self.options.stop_at_eos):
                 self._push(child)
             else:  # never forwarded: let go of the parent rows
                 for values in child.values:
@@ -710,11 +706,11 @@ def multiverse(
         seconds=time.perf_counter() - started,
         prefix_paths=[list(p) for p in prefix_paths],
     )
-    if expander.truncated_at is not None:
+    if expander.truncated:
         result.truncated = True
         left = len(expander.frontier)
         result.notices.append(
-            f"stopped at --max-nodes {max_nodes} with {expander.truncated_at} nodes: expanding further would "
+            f"stopped at --max-nodes {max_nodes} with {max_nodes} nodes: expanding further would "
             f"exceed it; {left} more nodes above the cutoff were not expanded (their mass is in the grey "
             "'unexpanded' blocks). Raise --max-nodes or the cutoff."
         )
