@@ -744,13 +744,10 @@ def branch(
     models = [backends] if isinstance(backends, Backend) else list(backends)
     if node.eos:
         raise ModescopeError("this node is the end of the text: there is nothing to branch into; pick another node")
-    paths: list[list[int]] | None = []
-    for m in range(len(models)):
-        values = node.values[m]
-        if paths is None or values is None or not values.spellings or len(base.prefix_paths) <= m:
-            paths = None
-            continue
-        paths.append([*base.prefix_paths[m], *values.spellings[0].path])
+    spellings = [v.spellings if v is not None else [] for v in node.values[: len(models)]]
+    paths = None
+    if len(base.prefix_paths) >= len(models) and all(spellings):
+        paths = [[*base.prefix_paths[m], *spellings[m][0].path] for m in range(len(models))]
     settings: dict[str, Any] = {"depth": base.depth, "cutoff": base.cutoff, "max_nodes": base.max_nodes}
     settings |= {"merge": base.merge, **options}
     return multiverse(models, prompt, prefix=base.prefix + node.path_text(), prefix_paths=paths, **settings)

@@ -158,7 +158,7 @@ def runs_command(store_path: StorePath = None) -> None:
     from rich.table import Table
 
     from modescope.cli import _console, user_errors
-    from modescope.viz.report_html import _when
+    from modescope.viz.report_html import utc_time
 
     with user_errors(), _open_store(store_path) as store:
         runs = store.runs()
@@ -167,7 +167,7 @@ def runs_command(store_path: StorePath = None) -> None:
             table.add_column(column)
         for row in runs.to_dict("records"):
             finished = row["finished"] if row["finished"] == row["finished"] else None  # NaN when unfinished
-            cells = [row["id"], row["suite"], row["status"], _when(float(row["started"])), _when(finished)]
+            cells = [row["id"], row["suite"], row["status"], utc_time(float(row["started"])), utc_time(finished)]
             table.add_row(*map(str, cells), str(row["probes"]), ", ".join(row["models"]))
         _console().print(table)
 

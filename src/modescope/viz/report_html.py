@@ -94,7 +94,7 @@ def _format(metric: Metric | None) -> str:
     return f"{text} ({metric.text!r})" if metric.text is not None else text
 
 
-def _when(timestamp: float | None) -> str:
+def utc_time(timestamp: float | None) -> str:
     if timestamp is None:
         return "not finished"
     return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -206,7 +206,7 @@ def report_html(store: Store, run_id: int) -> str:
 <body>
 <header id="run">
 <h1>modescope report · suite “{_e(run.suite)}” · run {run.id}</h1>
-<p class="meta">status {_e(run.status)} · started {_when(run.started)} · finished {_when(run.finished)} · {timing},
+<p class="meta">status {_e(run.status)} · started {utc_time(run.started)} · finished {utc_time(run.finished)} · {timing},
 {computed:.0f} s of model time ({sum(p["from_cache"] for p in probes)} of {len(probes)} probes from the cache) ·
 suite hash <code>{_e(run.suite_hash)}</code> (file {text_hash}) · modescope {_e(modescope.__version__)}</p>
 <table><tr><th>model</th><th>loaded as</th><th>prompts</th></tr>{model_rows}</table>
