@@ -15,7 +15,7 @@ from modescope.models.presets import DEFAULT_MODELS, PRESETS, Preset
 if TYPE_CHECKING:
     from modescope.models.base import Backend
 
-__all__ = ["DEFAULT_MODELS", "PRESETS", "Preset", "load", "preset_cached"]
+__all__ = ["DEFAULT_MODELS", "PRESETS", "Preset", "load", "preset_cached", "preset_folder"]
 
 
 def preset_cached(preset: Preset) -> bool:
@@ -27,9 +27,13 @@ def preset_cached(preset: Preset) -> bool:
     return (cache_root() / "converted" / preset.cache_key() / "config.json").is_file() if preset.installed() else False
 
 
-def _load_preset(preset: Preset, device: str, dtype: str) -> Backend:
-    from modescope.models.hf import cache_root, convert_gguf, load_folder
+def preset_folder(preset: Preset) -> Path:
+    """The preset's converted transformers folder, converting its GGUF the first time (about a minute).
+    An adapter preset has its base's folder."""
+    from modescope.models.hf import cache_root, convert_gguf
 
+    if preset.base is not None:
+        return preset_folder(PRESETS[preset.base])
     if not preset.installed():
         raise ModescopeError(preset.missing_message())
     target = cache_root() / "converted" / preset.cache_key()
@@ -40,21 +44,45 @@ def _load_preset(preset: Preset, device: str, dtype: str) -> Backend:
             convert_gguf(preset.locate(scratch), target)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)  # the converted folder replaces any assembled copy
-    backend = load_folder(str(target), preset.name, device, dtype)
+    return target
+
+
+def _load_preset(preset: Preset, device: str, dtype: str) -> Backend:
+    from modescope.models.hf import load_folder
+
+    backend = load_folder(str(preset_folder(preset)), preset.name, device, dtype)
     backend.source = f"preset:{preset.name}"
     return backend
 
 
-def load(name: str, device: str = "auto", dtype: str = "auto") -> Backend:
+def load(
+    name: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    *,
+    tokenizer: str | None = None,
+    max_concurrency: int = 8,
+    max_logprobs: int | None = None,
+) -> Backend:
     """Load a model by preset name, local folder, GGUF file, or Hugging Face id (from the local cache), or
     BASE+ADAPTER: any of those with a LoRA adapter folder (or a shipped adapter's name) on top. `toy:NAME`
     is a closed-form model over a small vocabulary (no weights: for trying commands and for tests).
 
+    `NAME@BASE_URL` is a model behind an OpenAI-compatible server (vLLM, SGLang, llama.cpp, an API), NAME
+    being the served model name, e.g. `smollm2-135m-instruct@http://127.0.0.1:8000/v1`. Its tokenizer is
+    NAME's (a preset, folder or cached HF id) unless `tokenizer` names another; `max_concurrency` bounds
+    the requests in flight; `max_logprobs` caps the alternatives asked for per position (0: sampling only).
+
     `device` is cpu, cuda, cuda:N or auto; `dtype` is auto (float32 on CPU, bfloat16 on CUDA), float32,
-    bfloat16 or float16.
+    bfloat16 or float16 (both are ignored for a served model).
     """
     from modescope.models.hf import load_folder, load_gguf
+    from modescope.models.remote import RemoteOptions, connect, is_remote
 
+    if is_remote(name):
+        return connect(name, RemoteOptions(tokenizer, max_concurrency, max_logprobs))
+    if tokenizer is not None:
+        raise ModescopeError(f"--tokenizer is for models behind a server (NAME@URL); '{name}' brings its own")
     if name.startswith("toy:"):
         from modescope.models.analytic import toy_model
 

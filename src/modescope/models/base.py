@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -21,6 +22,72 @@ from modescope.models.vocab import Vocabulary
 
 if TYPE_CHECKING:
     from modescope.engine.decode import Continuation
+
+
+Tier = Literal["full", "top-k", "sample-only"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can answer, detected when it connects (in-process models can answer everything).
+
+    - full: whole next-token distributions, so every probe is exact;
+    - top-k: only the `top_k` most likely tokens per position, so probabilities become bounds;
+    - sample-only: continuations without probabilities (sampling and text metrics only).
+    """
+
+    tier: Tier = "full"
+    top_k: int | None = None  # alternatives shown per position; None: the whole vocabulary
+    scores_sequences: bool = True  # log-probabilities of given tokens (vLLM prompt_logprobs, echo)
+    chat_only: bool = False  # only a chat endpoint: prompts go as messages, through the server's template
+    server: str | None = None  # "NAME@URL" for a model behind a server; None in-process
+
+    @property
+    def shows(self) -> str:
+        """How much of each next-token distribution the backend shows, in words."""
+        if self.tier == "full":
+            return "whole distribution"
+        if self.tier == "top-k":
+            return f"top-{self.top_k} alternatives"
+        return "no probabilities"
+
+    def metadata(self) -> dict[str, Any]:
+        """What every result records about the backend that produced it."""
+        return {
+            "tier": self.tier,
+            "top_k": self.top_k,
+            "scores_sequences": self.scores_sequences,
+            "chat_only": self.chat_only,
+            "server": self.server,
+        }
+
+    def require(self, what: str, model: str, tier: Tier = "full") -> None:
+        """Refuse a probe that needs more than this backend shows, naming the missing capability."""
+        order = {"sample-only": 0, "top-k": 1, "full": 2}
+        if order[self.tier] < order[tier]:
+            needs = "whole next-token distributions" if tier == "full" else "token log-probabilities"
+            raise ModescopeError(
+                f"{what} needs {needs} (tier {tier}), but '{model}' shows {self.shows} (tier {self.tier}); "
+                "use a server that returns them (vLLM with --max-logprobs -1) or an in-process model"
+            )
+
+
+FULL = Capabilities()
+
+
+@dataclass
+class ServerToken:
+    """One token a server generated: its raw log-probability and the alternatives the server showed."""
+
+    id: int
+    logprob: float  # natural log, under the raw model (NaN when the server gave none)
+    top: list[tuple[int, float]] = field(default_factory=list)  # (token id, raw log-probability), best first
+
+
+@dataclass
+class ServerCompletion:
+    tokens: list[ServerToken]
+    finish_reason: str  # "eos", "stop" or "length"
 
 
 @dataclass(frozen=True)
@@ -81,6 +148,11 @@ class Backend(ABC):
     stats: ForwardStats
     # when set, plain-text prompts are rendered as this chat message's template (see `with_chat`)
     chat_style: ChatPrompt | None = None
+    capabilities: Capabilities = FULL
+    # a backend that samples on its own (a server) answers `sample_on_server` instead of being decoded here
+    samples_on_server: bool = False
+    # while True, a top-k backend answers next_logprobs with the shown tokens only (the rest -inf)
+    partial_ok: bool = False
 
     def __init__(self, name: str, vocab: Vocabulary, max_context: int) -> None:
         self.name = name
@@ -184,6 +256,24 @@ class Backend(ABC):
     def next_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         """Full next-token log-probabilities after each prefix, shape [len(prefixes), vocab], float64."""
 
+    def sample_on_server(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        max_tokens: int,
+        params: dict[str, float | int],
+        alternatives: int,
+        seed: int | None,
+        stop: Sequence[str],
+    ) -> list[list[ServerCompletion]]:
+        """n continuations of each prompt sampled by the backend itself with `params` (temperature, top_p,
+        top_k, min_p), recording `alternatives` alternatives per token. Only for `samples_on_server`."""
+        raise NotImplementedError(f"model '{self.name}' does not sample on a server")
+
+    def server_alternatives(self, alternatives: int) -> int:
+        """How many best alternatives per token `sample_on_server` asks for (0: none)."""
+        return 0
+
     def check_length(self, length: int) -> None:
         if length > self.max_context:
             raise ModescopeError(
@@ -206,3 +296,19 @@ class Backend(ABC):
         from modescope.engine.decode import generate
 
         return generate(self, prompt, **options)
+
+
+@contextmanager
+def partial_distributions(backend: Backend) -> Iterator[bool]:
+    """Let a top-k backend answer `next_logprobs` with only the tokens it shows (every other entry -inf).
+
+    Yields whether the distributions are partial, so the caller turns what it computes into bounds. Only
+    probes that handle the missing mass open this block; elsewhere such a backend refuses.
+    """
+    partial = backend.capabilities.tier != "full"
+    previous = backend.partial_ok
+    backend.partial_ok = True
+    try:
+        yield partial
+    finally:
+        backend.partial_ok = previous

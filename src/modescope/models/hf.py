@@ -15,7 +15,8 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,19 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise ModescopeError(f"unknown dtype '{dtype}'; use one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+def chat_messages(prompt: ChatPrompt) -> list[dict[str, str]]:
+    """The OpenAI-style messages of a chat prompt (its prefill is not a message)."""
+    messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
+    messages.append({"role": "user", "content": prompt.user})
+    return messages
+
+
+def render_chat_template(tokenizer: Any, prompt: ChatPrompt) -> str:
+    """The tokenizer's chat template applied to a prompt, ready for the assistant's reply, then the prefill."""
+    text = tokenizer.apply_chat_template(chat_messages(prompt), tokenize=False, add_generation_prompt=True)
+    return str(text) + prompt.prefill
 
 
 @dataclass
@@ -146,10 +160,7 @@ class HFBackend(Backend):
     def render_chat(self, prompt: ChatPrompt) -> str:
         if not self.has_chat_template:
             return super().render_chat(prompt)
-        messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
-        messages.append({"role": "user", "content": prompt.user})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return str(text) + prompt.prefill
+        return render_chat_template(self.tokenizer, prompt)
 
     # --- forward passes ---------------------------------------------------------------------------------
     def _forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
@@ -376,33 +387,56 @@ def _load_converted_tokenizer(folder: Path) -> Any:
 
 def load_folder(folder: str, name: str, device: str = "auto", dtype: str = "auto") -> HFBackend:
     """Load a transformers folder or Hugging Face id."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoModelForCausalLM
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    converted = Path(folder).is_relative_to(cache_root()) and (Path(folder) / "tokenizer.json").is_file()
+    tokenizer, vocab = load_tokenizer(folder, name)
+    with _quiet_transformers():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        except (OSError, ValueError) as exc:
+            raise _not_loadable(name, exc) from exc
+    model.to(torch_device)  # type: ignore[arg-type]
+    model.eval()
+    return HFBackend(name, model, tokenizer, source=folder, vocab=vocab)
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        yield
+
+
+def _not_loadable(name: str, exc: Exception) -> ModescopeError:
+    return ModescopeError(
+        f"could not load model '{name}': not a preset, a local folder, a .gguf file, or a Hugging Face "
+        f"model in the local cache ({str(exc).splitlines()[0]}); run `modescope models` to see presets"
+    )
+
+
+def load_tokenizer(folder: str, name: str) -> tuple[Any, Vocabulary | None]:
+    """The tokenizer of a transformers folder or cached Hugging Face id, and its byte table when the folder
+    is a converted copy (None otherwise: the backend builds it from the tokenizer)."""
+    from transformers import AutoTokenizer
+
+    converted = Path(folder).is_relative_to(cache_root()) and (Path(folder) / "tokenizer.json").is_file()
+    with _quiet_transformers():
         try:
             tokenizer = _load_converted_tokenizer(Path(folder)) if converted else AutoTokenizer.from_pretrained(folder)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
         except (OSError, ValueError) as exc:
-            raise ModescopeError(
-                f"could not load model '{name}': not a preset, a local folder, a .gguf file, or a Hugging Face "
-                f"model in the local cache ({str(exc).splitlines()[0]}); run `modescope models` to see presets"
-            ) from exc
-    model.to(torch_device)  # type: ignore[arg-type]
-    model.eval()
-    vocab = None
-    if converted:
-        vocab_file = Path(folder) / VOCAB_FILE
-        if not vocab_file.is_file():
-            save_vocabulary(vocabulary_from_tokenizer(tokenizer), vocab_file)
-        vocab = load_vocabulary(vocab_file)
-    return HFBackend(name, model, tokenizer, source=folder, vocab=vocab)
+            raise _not_loadable(name, exc) from exc
+    if not converted:
+        return tokenizer, None
+    vocab_file = Path(folder) / VOCAB_FILE
+    if not vocab_file.is_file():
+        save_vocabulary(vocabulary_from_tokenizer(tokenizer), vocab_file)
+    return tokenizer, load_vocabulary(vocab_file)
 
 
 def load_gguf(
