@@ -50,6 +50,7 @@ class ExpansionStats:
     tokens_forwarded: int = 0  # token positions the backend computed (prompt included)
     forward_calls: int = 0
     seconds: float = 0.0
+    whole_distributions: int = 0  # whole next-token distributions fetched from a server (when not every node)
 
     @property
     def minimum_tokens(self) -> int:

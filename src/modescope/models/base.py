@@ -90,6 +90,15 @@ class ServerCompletion:
     finish_reason: str  # "eos", "stop" or "length"
 
 
+@dataclass
+class Answer:
+    """What a backend says about one token sequence (see `Backend.query`)."""
+
+    scores: list[float] | None  # log p(token i | tokens < i), nats, for i >= 1; None when not asked
+    shown_ids: torch.Tensor | None  # ids of the next-token alternatives shown, best first
+    shown_logprobs: torch.Tensor | None  # their log-probabilities (float64), same order
+
+
 @dataclass(frozen=True)
 class ChatPrompt:
     """A prompt rendered through a chat model's template."""
@@ -273,6 +282,25 @@ class Backend(ABC):
     def server_alternatives(self, alternatives: int) -> int:
         """How many best alternatives per token `sample_on_server` asks for (0: none)."""
         return 0
+
+    def query(self, sequences: Sequence[Sequence[int]], top: int | None, score: bool) -> list[Answer]:
+        """For each sequence: with `score`, the log-probability of every token after the first; and the
+        next-token alternatives: `top=None` the whole distribution, `top=k` the k best, `top=0` none.
+
+        A server answers this in few requests; in-process it is computed from `next_logprobs` of every
+        prefix (for tests, not speed)."""
+        answers = []
+        for sequence in sequences:
+            scores = None
+            if score:
+                steps = self.next_logprobs([sequence[:i] for i in range(1, len(sequence))])
+                scores = [float(steps[i - 1, token]) for i, token in enumerate(sequence) if i > 0]
+            ids = values = None
+            if top != 0:
+                logprobs = self.next_logprobs([sequence])[0]
+                values, ids = logprobs.topk(min(top or logprobs.numel(), logprobs.numel()))
+            answers.append(Answer(scores, ids, values))
+        return answers
 
     def check_length(self, length: int) -> None:
         if length > self.max_context:

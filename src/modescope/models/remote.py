@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend, Capabilities, ChatPrompt, ServerCompletion, ServerToken
+from modescope.models.base import Answer, Backend, Capabilities, ChatPrompt, ServerCompletion, ServerToken
 from modescope.models.vocab import Vocabulary, vocabulary_from_tokenizer
 
 REMOTE_NAME = re.compile(r"^(?P<name>[^@\s]+)@(?P<url>https?://\S+)$")
@@ -206,15 +206,6 @@ def _token_id(key: str) -> int:
     if match:
         return int(match[1])
     return int(key)
-
-
-@dataclass
-class Answer:
-    """What the server said about one sequence."""
-
-    scores: list[float] | None  # log p(token i | tokens < i) for i >= 1 (prompt_logprobs), else None
-    shown_ids: torch.Tensor | None  # ids of the next-token alternatives shown, best first
-    shown_logprobs: torch.Tensor | None  # their log-probabilities (float64), same order
 
 
 class RemoteBackend(Backend):
@@ -477,8 +468,8 @@ def _logprob_of(row: Any, token: int) -> float:
 
 def _shown(top: dict[str, Any], vocab_size: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Ids and float64 log-probabilities of a top_logprobs object, best first, checked against the vocabulary."""
-    try:
-        ids = torch.tensor([_token_id(k) for k in top], dtype=torch.long)
+    try:  # "token_id:N" keys (return_tokens_as_token_ids), or plain ids
+        ids = torch.tensor([int(k[9:]) if k.startswith("token_id:") else int(k) for k in top], dtype=torch.long)
     except ValueError:
         raise ServerError(
             f"{name}: the server names tokens by text, not id; it needs return_tokens_as_token_ids (vLLM does)"

@@ -99,6 +99,16 @@ class Vocabulary:
             if i in self.special_ids or not data or starts_with_boundary(data) is True
         ]
 
+    @cached_property
+    def undecided_ids(self) -> list[int]:
+        """Tokens whose first character is an incomplete UTF-8 sequence: whether they start a word depends on
+        the bytes that follow, so after a candidate they neither surely end it nor surely extend it."""
+        return [
+            i
+            for i, data in enumerate(self.token_bytes)
+            if i not in self.special_ids and data and starts_with_boundary(data) is None
+        ]
+
 
 def save_vocabulary(vocab: Vocabulary, path: Path) -> None:
     """Write the byte table as one .npz file (building it from a 262k-token tokenizer takes seconds)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
@@ -28,7 +29,7 @@ from modescope import metrics
 from modescope.engine.tree import Child, ExpansionStats, Node, PrefixTree
 from modescope.errors import ModescopeError
 from modescope.jsonsafe import finite_json
-from modescope.models.base import Backend, ChatPrompt
+from modescope.models.base import Answer, Backend, ChatPrompt, partial_distributions
 from modescope.models.vocab import Vocabulary, starts_with_boundary
 
 if TYPE_CHECKING:
@@ -93,6 +94,10 @@ class _AllTokenizations:
         result.children = [Child(token, data) for token, data in children.items()]
         return result
 
+    def targets_below(self, prefix: bytes) -> list[int]:
+        """Targets whose text starts with this node's bytes."""
+        return [self.index[text] for text in self._extending(prefix)]
+
     def count_nodes(self) -> int:
         """Tree nodes below the root: token paths, counted per byte prefix so the count itself stays cheap."""
 
@@ -128,6 +133,10 @@ class _CanonicalTokenization:
 
     def expansion(self, path: tuple[int, ...]) -> Expansion:
         return self.plan[path]
+
+    def targets_below(self, path: tuple[int, ...]) -> list[int]:
+        """Targets whose canonical path starts with this node's path."""
+        return [k for k, full in enumerate(self.paths) if full[: len(path)] == path]
 
     def count_nodes(self) -> int:
         return len(self.plan) - 1
@@ -185,12 +194,30 @@ def _disjoint_masses(targets: list[Target], masses: np.ndarray, parents: list[in
     return np.maximum(result, 0.0)
 
 
+def _disjoint_bounds(low: np.ndarray, high: np.ndarray, parents: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
+    """`_disjoint_masses` on intervals: a container loses at least the lower, at most the upper mass of
+    what it contains."""
+    new_low, new_high = low.copy(), high.copy()
+    for k, parent in enumerate(parents):
+        if parent is not None:
+            new_low[parent] -= high[k]
+            new_high[parent] -= low[k]
+    return np.maximum(new_low, 0.0), np.maximum(new_high, 0.0)
+
+
 @dataclass
 class Outcome:
     text: str
-    mass: float  # absolute probability of the outcome after the prompt
+    mass: float  # absolute probability of the outcome after the prompt (the lower bound when bounded)
     prob: float  # probability normalized within the candidate set
     logmass: float  # natural log of `mass`
+    # upper bound of the mass: equal to `mass` when exact; above it by the mass nobody showed (a top-k
+    # server) or by tokens that start with an incomplete UTF-8 character after the candidate (undecided)
+    mass_upper: float = math.nan
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.mass_upper):
+            self.mass_upper = self.mass
 
 
 @dataclass
@@ -207,6 +234,13 @@ class ModelDistribution:
     top1_share: float
     chi_square: float  # Pearson chi-square divergence from uniform
     stats: ExpansionStats
+    # None when every mass is exact up to undecided UTF-8 mass; else what makes them bounds
+    bounds: str | None = None
+    capabilities: dict[str, Any] = field(default_factory=dict)  # the backend's tier, see Capabilities
+
+    @property
+    def coverage_upper(self) -> float:
+        return math.fsum(o.mass_upper for o in self.outcomes)
 
     def logprobs(self) -> np.ndarray:
         return metrics.normalize_log(np.array([o.logmass for o in self.outcomes]))
@@ -240,7 +274,9 @@ class DistributionResult:
         results = []
         for r in self.results:
             row = {k: v for k, v in asdict(r).items() if k not in ("outcomes", "stats")}
-            row["outcomes"] = [{"text": o.text, "mass": o.mass, "prob": o.prob} for o in r.outcomes]
+            row["outcomes"] = [
+                {"text": o.text, "mass": o.mass, "mass_upper": o.mass_upper, "prob": o.prob} for o in r.outcomes
+            ]
             row["stats"] = asdict(r.stats) | {"minimum_tokens": r.stats.minimum_tokens}
             results.append(row)
         return {
@@ -258,12 +294,12 @@ class DistributionResult:
         return finite_json(self.to_dict())
 
     def to_pandas(self) -> pd.DataFrame:
-        """One row per (model, outcome): model, text, mass, prob."""
+        """One row per (model, outcome): model, text, mass (lower bound when bounded), mass_upper, prob."""
         import pandas as pd
 
         return pd.DataFrame(
             [
-                {"model": r.model, "text": o.text, "mass": o.mass, "prob": o.prob}
+                {"model": r.model, "text": o.text, "mass": o.mass, "mass_upper": o.mass_upper, "prob": o.prob}
                 for r in self.results
                 for o in r.outcomes
             ]
@@ -308,6 +344,7 @@ class AnswerTree:
                 f"(limit {MAX_TREE_NODES:,}); use --tokenizations canonical or shorter candidates"
             )
         self.boundary = torch.tensor(backend.vocab.boundary_ids, dtype=torch.long)
+        self.undecided = torch.tensor(backend.vocab.undecided_ids, dtype=torch.long)
         self.nested = _nested_in(self.targets, self.planner, backend.vocab)
 
     @property
@@ -327,6 +364,45 @@ class AnswerTree:
             found += [(k, ending) for k in plan.terminals]
         found += [(k, node_logprob + float(logprobs[token])) for token, k in plan.straddles]
         return found
+
+    def bounded_contributions(
+        self, data: Any, node_logprob: float, logprobs: torch.Tensor, partial: bool
+    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """`contributions` (exact lower bounds, log) and upper-bound extras (target, mass) at one node.
+
+        Extras: tokens starting with an incomplete UTF-8 character after a complete target (they may or may
+        not start a word); and with `partial` (only the shown tokens finite) the mass nobody showed, for every
+        target reachable through an unshown child or straddling token."""
+        plan = self.planner.expansion(data)
+        node_mass = math.exp(node_logprob)
+        extras: list[tuple[int, float]] = []
+        unseen = max(0.0, 1.0 - float(logprobs.exp().sum())) if partial else 0.0
+        if plan.terminals:
+            open_mass = float(logprobs.index_select(0, self.undecided).exp().sum()) if len(self.undecided) else 0.0
+            extras += [(k, node_mass * (open_mass + unseen)) for k in plan.terminals]
+        if partial and unseen > 0.0:
+            affected = {k for token, k in plan.straddles if not math.isfinite(float(logprobs[token]))}
+            for child in plan.children:
+                if not math.isfinite(float(logprobs[child.token])):
+                    affected.update(self.planner.targets_below(child.data))
+            extras += [(k, node_mass * unseen) for k in sorted(affected)]
+        lower = [(k, x) for k, x in self.contributions(data, node_logprob, logprobs) if math.isfinite(x)]
+        return lower, extras
+
+    def candidate_bounds(
+        self, pieces: Sequence[Sequence[float]], extras: Sequence[Sequence[float]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each candidate's (lower, upper) mass: the exact events' log-probabilities per target, plus the
+        masses each target's upper bound adds."""
+        low = np.array([math.fsum(math.exp(x) for x in p) for p in pieces], dtype=np.float64)
+        high = low + np.array([math.fsum(e) for e in extras], dtype=np.float64)
+        low, high = _disjoint_bounds(low, high, self.nested)
+        mass_low = np.zeros(len(self.candidates), dtype=np.float64)
+        mass_high = np.zeros(len(self.candidates), dtype=np.float64)
+        for target, lo, hi in zip(self.targets, low, high, strict=True):
+            mass_low[target.candidate] += lo
+            mass_high[target.candidate] += hi
+        return mass_low, mass_high
 
     def candidate_masses(self, pieces: Sequence[Sequence[float]]) -> np.ndarray:
         """Each candidate's mass from the log-probabilities of its targets' events (made disjoint)."""
@@ -355,15 +431,12 @@ def outcome_distribution(
     `progress(done, total)` is called as tree nodes are forwarded.
     """
     check_temperature(temperature)
+    capabilities = backend.capabilities
+    if temperature != 1.0:  # tempering renormalizes every node over the whole vocabulary
+        capabilities.require("a tempered distribution (--temperature other than 1)", backend.name)
+    capabilities.require("an outcome distribution", backend.name, "top-k")
     answers = AnswerTree(backend, candidates, leading_space, tokenizations)
     prompt_ids = backend.prompt_ids(prompt)
-    pieces: list[list[float]] = [[] for _ in answers.targets]
-
-    def visit(node: Node, logprobs: torch.Tensor) -> list[Child]:
-        for k, logmass in answers.contributions(node.data, node.logprob, logprobs):
-            pieces[k].append(logmass)
-        return answers.children(node.data)
-
     done = 0
 
     def advance(count: int) -> None:
@@ -372,12 +445,183 @@ def outcome_distribution(
         if progress:
             progress(done, answers.nodes)
 
-    tree = PrefixTree(backend, batch_size=batch_size, progress=advance, transform=tempered(temperature))
-    stats = tree.expand(prompt_ids, visit, answers.root)
-    return _summarize(backend.name, answers.candidates, answers.candidate_masses(pieces), stats)
+    if capabilities.server is not None and capabilities.scores_sequences and temperature == 1.0:
+        low, high, stats = _scored_bounds(backend, answers, prompt_ids, advance)
+    else:
+        low, high, stats = _expanded_bounds(backend, answers, prompt_ids, batch_size, advance, temperature)
+    result = _summarize(backend.name, answers.candidates, low, stats, high)
+    result.capabilities = capabilities.metadata()
+    if capabilities.tier != "full":
+        result.bounds = f"bounds (top-{capabilities.top_k} server)"
+    return result
 
 
-def _summarize(model: str, candidates: list[str], mass: np.ndarray, stats: ExpansionStats) -> ModelDistribution:
+def _expanded_bounds(
+    backend: Backend,
+    answers: AnswerTree,
+    prompt_ids: list[int],
+    batch_size: int,
+    advance: Callable[[int], None],
+    temperature: float,
+) -> tuple[np.ndarray, np.ndarray, ExpansionStats]:
+    """Expand the answer tree with the prefix-tree engine: exact masses from whole distributions, or bounds
+    from partial ones (a top-k server that cannot score given tokens: unshown branches are not followed)."""
+    pieces: list[list[float]] = [[] for _ in answers.targets]
+    extras: list[list[float]] = [[] for _ in answers.targets]
+
+    with partial_distributions(backend) as partial:
+
+        def visit(node: Node, logprobs: torch.Tensor) -> list[Child]:
+            lower, upper = answers.bounded_contributions(node.data, node.logprob, logprobs, partial)
+            for k, logmass in lower:
+                pieces[k].append(logmass)
+            for k, mass in upper:
+                extras[k].append(mass)
+            children = answers.children(node.data)
+            return [c for c in children if math.isfinite(float(logprobs[c.token]))] if partial else children
+
+        tree = PrefixTree(backend, batch_size=batch_size, progress=advance, transform=tempered(temperature))
+        stats = tree.expand(prompt_ids, visit, answers.root)
+    return (*answers.candidate_bounds(pieces, extras), stats)
+
+
+def _tree_nodes(answers: AnswerTree) -> list[tuple[tuple[int, ...], Any]]:
+    """Every (token path, planner data) of the answer tree below the root, parents before children."""
+    found: list[tuple[tuple[int, ...], Any]] = []
+    stack: list[tuple[tuple[int, ...], Any]] = [((), answers.root)]
+    while stack:
+        path, data = stack.pop()
+        if path:
+            found.append((path, data))
+        stack += [((*path, c.token), c.data) for c in reversed(answers.children(data))]
+    return found
+
+
+FIRST_LOOK = 20  # alternatives shown per terminal in the first pass over a full server
+RESOLUTION = 1e-6  # on a full server, the widest a candidate's interval may stay, relative to its mass
+
+
+@dataclass
+class _Terminal:
+    """A node that spells complete targets: its path probability and what its next tokens say."""
+
+    path: tuple[int, ...]
+    targets: list[int]
+    logprob: float  # log P(path | prompt), exact (scored)
+    lower: float = -math.inf  # log of the shown boundary mass
+    unseen: float = 0.0  # mass not shown at this node
+    undecided: float = 0.0  # shown mass of tokens starting with an incomplete UTF-8 character
+
+    def read(self, answer: Answer, answers: AnswerTree, vocab_size: int, complete: bool) -> None:
+        assert answer.shown_ids is not None and answer.shown_logprobs is not None
+        shown = torch.full((vocab_size,), -math.inf, dtype=torch.float64)
+        shown[answer.shown_ids] = answer.shown_logprobs
+        if complete:  # a whole distribution: renormalize the server's float32 values in float64
+            shown -= torch.logsumexp(shown, 0)
+        boundary = shown.index_select(0, answers.boundary)
+        self.lower = float(torch.logsumexp(boundary, 0)) if bool(torch.isfinite(boundary).any()) else -math.inf
+        self.unseen = 0.0 if complete else max(0.0, 1.0 - float(shown.exp().sum()))
+        undecided = shown.index_select(0, answers.undecided) if len(answers.undecided) else shown[:0]
+        self.undecided = float(undecided.exp().sum())
+
+    @property
+    def width(self) -> float:
+        """How far the unshown tail can move this node's contribution (probability)."""
+        return math.exp(self.logprob) * self.unseen
+
+
+def _scored_bounds(
+    backend: Backend, answers: AnswerTree, prompt_ids: list[int], advance: Callable[[int], None]
+) -> tuple[np.ndarray, np.ndarray, ExpansionStats]:
+    """Masses from a server that scores given tokens (vLLM prompt_logprobs): every path probability is exact,
+    and only what follows a complete target needs the next-token distribution.
+
+    One request per leaf or terminal node scores its path and shows its top k; one per straddling token
+    scores it; several go to a request, requests concurrently. On a top-k server the boundary after a
+    target stays a bound. On a full server, the terminals whose unshown tail could move a candidate by more
+    than RESOLUTION of its mass then get their whole distribution: the heavy spellings, not the rare ones."""
+    started = time.perf_counter()
+    calls = backend.stats.calls
+    full = backend.capabilities.tier == "full"
+    nodes = _tree_nodes(answers)
+    plans = {path: answers.planner.expansion(data) for path, data in [((), answers.root), *nodes]}
+    asked = [path for path, _ in nodes if plans[path].terminals or not plans[path].children]
+    straddles = [(path, token, k) for path, plan in plans.items() for token, k in plan.straddles]
+    base = len(prompt_ids)
+    look = FIRST_LOOK if full else backend.capabilities.top_k or 1
+    answered = backend.query([[*prompt_ids, *path] for path in asked], look, True)
+    scored = backend.query([[*prompt_ids, *path, token] for path, token, _ in straddles], 0, True)
+    path_logprob: dict[tuple[int, ...], float] = {(): 0.0}
+    for path, answer in zip(asked, answered, strict=True):
+        assert answer.scores is not None
+        total = 0.0
+        for depth in range(len(path)):
+            total += answer.scores[base + depth - 1]
+            path_logprob[path[: depth + 1]] = total
+    terminals: list[_Terminal] = []
+    for path, answer in zip(asked, answered, strict=True):
+        if plans[path].terminals:
+            terminals.append(_Terminal(path, plans[path].terminals, path_logprob[path]))
+            terminals[-1].read(answer, answers, backend.vocab.size, complete=False)
+    pieces: list[list[float]] = [[] for _ in answers.targets]
+    for (path, _, k), answer in zip(straddles, scored, strict=True):
+        assert answer.scores is not None
+        pieces[k].append(path_logprob[path] + answer.scores[-1])
+    resolved = _resolve(backend, answers, prompt_ids, terminals, pieces) if full else 0
+    advance(len(nodes))
+    extras: list[list[float]] = [[] for _ in answers.targets]
+    for terminal in terminals:
+        for k in terminal.targets:
+            if math.isfinite(terminal.lower):
+                pieces[k].append(terminal.logprob + terminal.lower)
+            extras[k].append(math.exp(terminal.logprob) * (terminal.unseen + terminal.undecided))
+    stats = ExpansionStats(
+        nodes=len(nodes),
+        levels=max((len(p) for p, _ in nodes), default=0),
+        prompt_tokens=base,
+        tokens_forwarded=sum(base + len(p) for p in asked) + sum(base + len(p) + 1 for p, _, _ in straddles),
+        forward_calls=backend.stats.calls - calls,
+        seconds=time.perf_counter() - started,
+        whole_distributions=resolved,
+    )
+    return (*answers.candidate_bounds(pieces, extras), stats)
+
+
+def _resolve(
+    backend: Backend,
+    answers: AnswerTree,
+    prompt_ids: list[int],
+    terminals: list[_Terminal],
+    pieces: list[list[float]],
+) -> int:
+    """Fetch whole distributions for the terminals whose unshown tail is too wide for some candidate
+    (widest first, until every candidate is within RESOLUTION of its mass). Returns how many."""
+    by_candidate: dict[int, list[_Terminal]] = {}
+    for terminal in terminals:
+        for candidate in {answers.targets[k].candidate for k in terminal.targets}:
+            by_candidate.setdefault(candidate, []).append(terminal)
+    chosen: dict[tuple[int, ...], _Terminal] = {}
+    for candidate, members in by_candidate.items():
+        targets = [k for k, t in enumerate(answers.targets) if t.candidate == candidate]
+        known = math.fsum(math.exp(x) for k in targets for x in pieces[k])
+        known += math.fsum(math.exp(t.logprob + t.lower) for t in members if math.isfinite(t.lower))
+        width = math.fsum(t.width for t in members)
+        for terminal in sorted(members, key=lambda t: -t.width):
+            if width <= RESOLUTION * known or terminal.width == 0.0:
+                break
+            chosen[terminal.path] = terminal
+            width -= terminal.width
+    if chosen:
+        whole = backend.query([[*prompt_ids, *path] for path in chosen], None, False)
+        for terminal, answer in zip(chosen.values(), whole, strict=True):
+            terminal.read(answer, answers, backend.vocab.size, complete=True)
+    return len(chosen)
+
+
+def _summarize(
+    model: str, candidates: list[str], mass: np.ndarray, stats: ExpansionStats, upper: np.ndarray | None = None
+) -> ModelDistribution:
+    upper = mass if upper is None else upper
     with np.errstate(divide="ignore"):
         logmass = np.log(mass)
     coverage = float(mass.sum())
@@ -390,8 +634,8 @@ def _summarize(model: str, candidates: list[str], mass: np.ndarray, stats: Expan
     return ModelDistribution(
         model=model,
         outcomes=[
-            Outcome(text, float(m), float(p), float(lm))
-            for text, m, p, lm in zip(candidates, mass, prob, logmass, strict=True)
+            Outcome(text, float(m), float(p), float(lm), float(u))
+            for text, m, p, lm, u in zip(candidates, mass, prob, logmass, upper, strict=True)
         ],
         coverage=coverage,
         entropy_bits=entropy,

@@ -29,6 +29,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend, ChatPrompt, Rows
+from modescope.models.base import Backend, ChatPrompt, Rows, partial_distributions
 
 SPELLING_SHARE = 0.01  # spellings of a merged node holding less of its mass are not continued
 EOS_KEY = "\x00eos"
@@ -240,6 +241,7 @@ class Multiverse:
     seconds: float = 0.0
     cached: bool = False  # whether this came from the expansion cache
     prefix_paths: list[list[int]] = field(default_factory=list, repr=False)  # each model's prefix tokens
+    capabilities: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> Capabilities.metadata()
 
     def nodes(self) -> Iterator[MultiverseNode]:
         """Every node below the root."""
@@ -341,6 +343,7 @@ class Multiverse:
             "merge": self.merge,
             "truncated": self.truncated,
             "notices": self.notices,
+            "capabilities": self.capabilities,
             "trees": [
                 {
                     "model": name,
@@ -390,6 +393,7 @@ class Multiverse:
             list(data["notices"]),
             [int(t.get("nodes_expanded", 0)) for t in data["trees"]],
             float(data["trees"][0].get("seconds", 0.0)),
+            capabilities=dict(data.get("capabilities") or {}),
         )
 
 
@@ -462,8 +466,16 @@ Progress = Callable[[int], None]
 class _Expander:
     """Best-first expansion of the union tree of several models."""
 
-    def __init__(self, backends: Sequence[Backend], options: ExpansionOptions, batch_size: int) -> None:
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        options: ExpansionOptions,
+        batch_size: int,
+        partial: Sequence[bool] = (),
+    ) -> None:
         self.backends = list(backends)
+        # per model: whether its distributions show only the top k (entropy then unknown)
+        self.partial = list(partial) or [False] * len(self.backends)
         self.options = options
         self.batch_size = batch_size
         self.keys = [step_keys(b, options.merge) for b in backends]
@@ -559,6 +571,8 @@ class _Expander:
         del token_mass
         totals = by_key.sum(1, keepdim=True)
         entropy = torch.special.entr(by_key / totals.clamp_min(1e-300)).sum(1) / math.log(2)
+        if self.partial[model]:
+            entropy = torch.full_like(entropy, math.nan)
         listed: list[list[int]] = [[] for _ in range(count)]
         for row, key in torch.nonzero(by_key >= self.options.cutoff).tolist():
             listed[row].append(key)
@@ -690,9 +704,13 @@ def multiverse(
                 _remember(memory_key, models, found)
                 return found
 
+    for b in models:
+        b.capabilities.require("a block multiverse", b.name, "top-k")
     started = time.perf_counter()
-    expander = _Expander(models, options, batch_size)
-    root = expander.run(roots, progress)
+    with ExitStack() as stack:  # a top-k server shows only its k best children: the rest stays unexpanded
+        partial = [stack.enter_context(partial_distributions(b)) for b in models]
+        expander = _Expander(models, options, batch_size, partial)
+        root = expander.run(roots, progress)
     result = Multiverse(
         [b.name for b in models],
         prompt_text,
@@ -705,6 +723,7 @@ def multiverse(
         nodes_expanded=expander.forwarded,
         seconds=time.perf_counter() - started,
         prefix_paths=[list(p) for p in prefix_paths],
+        capabilities={b.name: b.capabilities.metadata() for b in models},
     )
     if expander.truncated:
         result.truncated = True
@@ -714,6 +733,12 @@ def multiverse(
             f"exceed it; {left} more nodes above the cutoff were not expanded (their mass is in the grey "
             "'unexpanded' blocks). Raise --max-nodes or the cutoff."
         )
+    for b, shown_only in zip(models, partial, strict=True):
+        if shown_only:
+            result.notices.append(
+                f"{b.name} shows only its top {b.capabilities.top_k} tokens per step: children below them count "
+                "as unexpanded mass (grey), and its entropies are not shown"
+            )
     if cache:
         _remember(memory_key, models, result)
     if disk_file is not None:
