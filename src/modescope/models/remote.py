@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from modescope.errors import ModescopeError
-from modescope.models.base import Answer, Backend, Capabilities, ChatPrompt, ServerCompletion, ServerToken
+from modescope.models.base import Answer, Backend, Capabilities, ChatPrompt, ServerCompletion, ServerToken, Tier
 from modescope.models.vocab import Vocabulary, vocabulary_from_tokenizer
 
 REMOTE_NAME = re.compile(r"^(?P<name>[^@\s]+)@(?P<url>https?://\S+)$")
@@ -79,7 +79,14 @@ class ServerError(ModescopeError):
 
 
 def api_key() -> str | None:
-    return os.environ.get("MODESCOPE_API_KEY") or os.environ.get("OPENAI_API_KEY") or None
+    """MODESCOPE_API_KEY, else OPENAI_API_KEY, without surrounding whitespace (a pasted newline)."""
+    for variable in ("MODESCOPE_API_KEY", "OPENAI_API_KEY"):
+        key = os.environ.get(variable, "").strip()
+        if key:
+            if not key.isprintable() or not key.isascii():
+                raise ModescopeError(f"{variable} holds characters a key cannot have; set it to the key alone")
+            return key
+    return None
 
 
 class Client:
@@ -101,6 +108,7 @@ class Client:
         self.bytes_received = 0
         self.bytes_sent = 0
         self._lock = threading.Lock()
+        self._local = threading.local()  # per worker thread: the abort flag of the map it serves
 
     def url(self, path: str) -> str:
         if path.startswith("/"):  # relative to the server root (vLLM's /tokenize), not to the /v1 base
@@ -115,15 +123,20 @@ class Client:
         attempts = (self.options.retries if retries is None else retries) + 1
         payload = json.dumps(body).encode() if body is not None else None
         last = ""
+        wait = 0.0
+        abort: threading.Event | None = getattr(self._local, "abort", None)
         for attempt in range(attempts):
             if attempt:
-                time.sleep(min(0.25 * 2**attempt, 8.0))
+                time.sleep(wait)
+            if abort is not None and abort.is_set():
+                raise ServerError(f"{self.label}: cancelled after another request failed")
+            wait = min(0.25 * 2 ** (attempt + 1), 8.0)  # before the next attempt, unless the server says
             try:
                 response = self.http.request(
                     method, self.url(path), content=payload, headers={"Content-Type": "application/json"}
                 )
             except httpx.TimeoutException:
-                last = f"no answer within {self.options.timeout:g} s"
+                last = f"no answer within {self.options.timeout:g} s: the server may be overloaded"
                 continue
             except httpx.TransportError as exc:
                 last = _transport_problem(exc)
@@ -135,8 +148,8 @@ class Client:
             if response.status_code in RETRY_STATUS:
                 last = f"HTTP {response.status_code}{_server_message(response)}"
                 retry_after = response.headers.get("retry-after", "")
-                if retry_after.isdigit() and attempt + 1 < attempts:
-                    time.sleep(min(float(retry_after), 30.0))
+                if retry_after.isdigit():
+                    wait = min(float(retry_after), 30.0)
                 continue
             if response.status_code in (401, 403):
                 raise ServerError(
@@ -157,10 +170,23 @@ class Client:
         )
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """`function` over items, up to max_concurrency at once, results in order; the first error wins."""
+        """`function` over items, up to max_concurrency at once, results in order. The first error wins,
+        and the requests still in flight stop retrying."""
         if len(items) <= 1:
             return [function(item) for item in items]
-        return list(self.pool.map(function, items))
+        abort = threading.Event()
+
+        def run(item: Any) -> Any:
+            self._local.abort = abort
+            try:
+                return function(item)
+            except BaseException:
+                abort.set()
+                raise
+            finally:
+                self._local.abort = None
+
+        return list(self.pool.map(run, items))
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -549,37 +575,42 @@ def _detect(backend: RemoteBackend, options: RemoteOptions) -> Capabilities:
     cap = options.max_logprobs
     server = backend.name
     backend.capabilities = Capabilities("full", None, True, False, server)  # let query() ask anything
-    tier_top: int | None = None
-    tier = "sample-only"
     try:
-        for ask in ([-1] if cap is None else []) + [k for k in (20, 5, 1) if cap is None or k <= cap]:
-            try:
-                choices = backend._completions([probe], max_tokens=1, temperature=0.0, logprobs=ask)
-            except HTTPStatus as exc:
-                if exc.status == 404:
-                    raise
-                continue  # the server refuses this many alternatives: try fewer
-            shown = ((choices[0].get("logprobs") or {}).get("top_logprobs") or [None])[0]
-            if isinstance(shown, dict) and shown:
-                ids, _ = _shown(shown, backend.vocab.size, server)
-                if ask == -1 and 1000 < len(shown) < backend.vocab.size * 0.99:
-                    raise ModescopeError(
-                        f"the server's model has a vocabulary of {len(shown)} tokens but the local tokenizer has "
-                        f"{backend.vocab.size}: they do not match; give --tokenizer with the served model's tokenizer"
-                    )
-                full = ask == -1 and len(shown) >= backend.vocab.size * 0.99
-                tier, tier_top = ("full", None) if full else ("top-k", min(len(ids), ask if ask > 0 else len(ids)))
-                break
-        if cap is not None and cap > 0 and tier == "top-k":
-            tier_top = min(tier_top or cap, cap)
-        scores = tier != "sample-only" and _scores_sequences(backend, probe)
-        return Capabilities(tier, tier_top, scores, False, server)  # type: ignore[arg-type]
+        backend._completions([probe], max_tokens=1, temperature=0.0)
     except HTTPStatus as exc:
-        if exc.status != 404:
+        if exc.status not in (404, 405):
             raise
-    # no /completions: a chat-only API (a provider, or a server started for chat)
-    logprobs = cap != 0 and _chat_logprobs(backend)
-    return Capabilities("top-k" if logprobs else "sample-only", 20 if logprobs else None, False, True, server)
+        # no /completions: a chat-only API (a provider, or a server started for chat)
+        shown = _chat_logprobs(backend, min(cap, 20) if cap is not None else 20) if cap != 0 else 0
+        return Capabilities("top-k" if shown else "sample-only", shown or None, False, True, server)
+    tier, top = _completions_tier(backend, probe, cap)
+    scores = tier != "sample-only" and _scores_sequences(backend, probe)
+    return Capabilities(tier, top, scores, False, server)
+
+
+def _completions_tier(backend: RemoteBackend, probe: list[int], cap: int | None) -> tuple[Tier, int | None]:
+    """Ask for the whole distribution (or the cap), then fewer alternatives until the server agrees."""
+    if cap == 0:
+        return "sample-only", None
+    first = [-1] if cap is None else [cap]
+    for ask in first + [k for k in (20, 5, 1) if cap is None or k < cap]:
+        try:
+            choices = backend._completions([probe], max_tokens=1, temperature=0.0, logprobs=ask)
+        except HTTPStatus:
+            continue  # the server refuses this many alternatives: try fewer
+        shown = ((choices[0].get("logprobs") or {}).get("top_logprobs") or [None])[0]
+        if not isinstance(shown, dict) or not shown:
+            continue
+        ids, _ = _shown(shown, backend.vocab.size, backend.name)
+        if ask == -1 and 1000 < len(shown) < backend.vocab.size * 0.99:
+            raise ModescopeError(
+                f"the server's model has a vocabulary of {len(shown)} tokens but the local tokenizer has "
+                f"{backend.vocab.size}: they do not match; give --tokenizer with the served model's tokenizer"
+            )
+        if ask == -1 and len(shown) >= backend.vocab.size * 0.99:
+            return "full", None
+        return "top-k", min(len(ids), ask) if ask > 0 else len(ids)
+    return "sample-only", None
 
 
 def _scores_sequences(backend: RemoteBackend, probe: list[int]) -> bool:
@@ -591,20 +622,22 @@ def _scores_sequences(backend: RemoteBackend, probe: list[int]) -> bool:
     return isinstance(rows, list) and len(rows) == len(probe)
 
 
-def _chat_logprobs(backend: RemoteBackend) -> bool:
+def _chat_logprobs(backend: RemoteBackend, wanted: int) -> int:
+    """How many alternatives a chat endpoint shows per token when asked for `wanted` (0: none)."""
     body = {
         "model": backend.served,
         "messages": [{"role": "user", "content": "Hello"}],
         "max_tokens": 1,
         "logprobs": True,
-        "top_logprobs": 5,
+        "top_logprobs": wanted,
     }
     try:
         data = backend.client.request("POST", "chat/completions", body)
     except HTTPStatus:
-        return False
+        return 0
     choice = (data.get("choices") or [{}])[0] if isinstance(data, dict) else {}
-    return bool((choice.get("logprobs") or {}).get("content"))
+    content = (choice.get("logprobs") or {}).get("content")
+    return wanted if content else 0
 
 
 def _check_tokenizer(backend: RemoteBackend) -> None:
