@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from modescope.errors import ModescopeError
+from modescope.server_options import MaxConcurrency, MaxLogprobs, ServerOptions, Tokenizer
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -110,24 +111,40 @@ def _candidates(
     return cands.choices_from_file(choices_file, limit)  # type: ignore[arg-type]
 
 
-def _load_models(names: list[str], device: str, dtype: str, console: Console) -> list[Backend]:
+def _load_models(
+    names: list[str],
+    device: str,
+    dtype: str,
+    console: Console,
+    tokenizer: list[str] | None = None,
+    max_concurrency: int | None = None,
+    max_logprobs: int | None = None,
+) -> list[Backend]:
+    """Load the models of a command; the server options reach the NAME@URL models only, and are checked
+    (with the names) before any model loads."""
     from modescope.models import PRESETS, load, preset_cached
+    from modescope.models.remote import is_remote
 
     if len(set(names)) != len(names):
         raise ModescopeError(f"a model is listed twice ({', '.join(names)}); name each model once")
+    server = ServerOptions.resolve(tokenizer, max_concurrency, max_logprobs, names)
     backends = []
     for name in names:
         first_time = name in PRESETS and PRESETS[name].installed() and not preset_cached(PRESETS[name])
         note = " (first use: converting the GGUF once, about a minute)" if first_time else ""
-        with console.status(f"loading {name}{note}"):
-            backends.append(load(name, device=device, dtype=dtype))
+        doing = "connecting to" if is_remote(name) else "loading"
+        with console.status(f"{doing} {name}{note}"):
+            backends.append(load(name, device=device, dtype=dtype, **server.for_model(name)))
     return backends
 
 
 Models = Annotated[
     list[str] | None,
     typer.Option(
-        "--model", "-m", help="Preset, folder, .gguf file or HF id; repeat to compare. Default: both presets."
+        "--model",
+        "-m",
+        help="Preset, folder, .gguf file, HF id, or NAME@URL (a model behind an OpenAI-compatible server, e.g. "
+        "smollm2-135m-instruct@http://127.0.0.1:8000/v1); repeat to compare. Default: both presets.",
     ),
 ]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")]
@@ -181,6 +198,9 @@ def dist(
     batch_size: Annotated[int, typer.Option(help="Tree nodes per forward pass.")] = 128,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    tokenizer: Tokenizer = None,
+    max_concurrency: MaxConcurrency = None,
+    max_logprobs: MaxLogprobs = None,
 ) -> None:
     """Exact probability of every candidate answer under each model, summed over all tokenizations."""
     with user_errors():
@@ -195,7 +215,9 @@ def dist(
         _prepare_output(json_path, "--json")
         _prepare_output(plot, "--plot")
         console = _console()
-        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        backends = _load_models(
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+        )
         result = _run_distribution(backends, the_prompt, cands, leading_space, tokenizations, batch_size, temperature)
         _print_distribution(result, console, top)
         if json_path is not None:
@@ -372,6 +394,9 @@ def sample(
     html: Annotated[Path | None, typer.Option(help="Write a self-contained HTML page of the completions.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    tokenizer: Tokenizer = None,
+    max_concurrency: MaxConcurrency = None,
+    max_logprobs: MaxLogprobs = None,
 ) -> None:
     """n completions per model with per-token probabilities, and how diverse they are."""
     with user_errors():
@@ -398,7 +423,9 @@ def sample(
         )
         _prepare_output(json_path, "--json")
         _prepare_output(html, "--html")
-        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        backends = _load_models(
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+        )
         with console.status("sampling") as status:
             result = sample_models(
                 backends,
@@ -509,6 +536,9 @@ def temperature_command(
     ] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    tokenizer: Tokenizer = None,
+    max_concurrency: MaxConcurrency = None,
+    max_logprobs: MaxLogprobs = None,
 ) -> None:
     """Diversity vs temperature per model, and "is it just temperature?": can one temperature turn the first
     model (the base) into the second (the tuned one)?"""
@@ -526,7 +556,9 @@ def temperature_command(
         _prepare_output(json_path, "--json")
         _prepare_output(plot, "--plot")
         console = _console()
-        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        backends = _load_models(
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+        )
         with console.status("sweeping temperatures") as status:
             sweep = probe.temperature_sweep(backends, the_prompt, temperatures, n, max_tokens, seed, status.update)
             fits = []
@@ -619,6 +651,9 @@ def attractor(
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of basin share and distances per model.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    tokenizer: Tokenizer = None,
+    max_concurrency: MaxConcurrency = None,
+    max_logprobs: MaxLogprobs = None,
 ) -> None:
     """Perturb the greedy completion, regenerate every perturbation in one batch, and measure how often and how
     fast it comes back to the same text (the basin share)."""
@@ -639,7 +674,9 @@ def attractor(
         for path, what in ((json_path, "--json"), (html, "--html"), (plot, "--plot")):
             _prepare_output(path, what)
         console = _console()
-        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        backends = _load_models(
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+        )
         with console.status("mainlines and perturbations"):
             results = attractor_experiment(backends, the_prompt, plan, max_tokens, ending.value, threshold)
         _print_attractors(results, console)
@@ -707,6 +744,9 @@ def forks(
     html: Annotated[Path | None, typer.Option(help="Write the mainline shaded by outcome shift as HTML.")] = None,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    tokenizer: Tokenizer = None,
+    max_concurrency: MaxConcurrency = None,
+    max_logprobs: MaxLogprobs = None,
 ) -> None:
     """Forking tokens: where along the greedy completion the final outcome gets decided."""
     with user_errors():
@@ -717,7 +757,9 @@ def forks(
         _prepare_output(json_path, "--json")
         _prepare_output(html, "--html")
         console = _console()
-        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        backends = _load_models(
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+        )
         reports, results = {}, {}
         for backend in backends:
             with console.status(f"{backend.name}: sampling from every alternative along the mainline"):
@@ -782,6 +824,9 @@ def multiverse(
     cache: Annotated[bool, typer.Option(help="Reuse expansions cached on disk (same models, prompt, options).")] = True,
     device: Device = "auto",
     dtype: Dtype = "auto",
+    tokenizer: Tokenizer = None,
+    max_concurrency: MaxConcurrency = None,
+    max_logprobs: MaxLogprobs = None,
 ) -> None:
     """Block multiverse: the tree of likely continuations as nested blocks, for each model and their difference."""
     with user_errors():
@@ -795,7 +840,9 @@ def multiverse(
         for option, path in outputs.items():
             _prepare_output(path, option)
         console = _console()
-        backends = _load_models(model or list(DEFAULT_MODELS), device, dtype, console)
+        backends = _load_models(
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+        )
         tree = _run_multiverse(backends, the_prompt, prefix, options, cache)
         view = tree.view(tree.find(zoom)) if zoom else None
         _print_multiverse(tree, console)
@@ -884,13 +931,106 @@ def _write_multiverse(
 
 
 @app.command()
-def models() -> None:
-    """List the preset models, whether each is installed, and whether its converted copy is cached."""
+def models(
+    spec: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="NAME@URL",
+            help="A model behind an OpenAI-compatible server: connect and show what it offers at its tier.",
+        ),
+    ] = None,
+    tokenizer: Tokenizer = None,
+    max_concurrency: MaxConcurrency = None,
+    max_logprobs: MaxLogprobs = None,
+) -> None:
+    """List the preset models, whether each is installed, and whether its converted copy is cached; or, given
+    NAME@URL, connect to that server and show its capability tier and which probes work at it."""
+    with user_errors():
+        if spec is None:
+            if tokenizer or max_concurrency is not None or max_logprobs is not None:
+                raise ModescopeError("--tokenizer, --max-concurrency and --max-logprobs need a NAME@URL argument")
+            _print_presets()
+            return
+        from modescope.models.remote import is_remote
+
+        if not is_remote(spec):
+            raise ModescopeError(
+                f"'{spec}' is not NAME@URL; give a model behind a server (the served name, @, then the base URL, "
+                "e.g. smollm2-135m-instruct@http://127.0.0.1:8000/v1), or no argument to list the presets"
+            )
+        console = _console()
+        [backend] = _load_models([spec], "auto", "auto", console, tokenizer, max_concurrency, max_logprobs)
+        try:
+            console.print(_server_table(backend))
+        finally:
+            client = getattr(backend, "client", None)
+            if client is not None:
+                client.close()
+
+
+def probe_support(capabilities: Any) -> list[tuple[str, str]]:
+    """Which probes work at a backend's capability tier, and how (exact numbers, bounds, or not at all)."""
+    tier, chat_only, top = capabilities.tier, capabilities.chat_only, capabilities.top_k
+    scores = tier != "sample-only" and not chat_only  # probes that ask about given token paths need /completions
+    return [
+        ("dist", "exact" if tier == "full" else f"bounds (top-{top} shown)" if scores else "no"),
+        (
+            "sample",
+            "yes; no probabilities (text metrics only)"
+            if tier == "sample-only"
+            else "yes; entropy as bounds from the top alternatives"
+            if capabilities.server is not None
+            else "yes",
+        ),
+        ("temperature", "yes" if tier == "full" else "the sweep only (the τ* fits need whole distributions)"),
+        ("attractor", "yes" if scores else "no (needs token log-probabilities and /v1/completions)"),
+        ("forks", "yes" if scores else "no (needs token log-probabilities and /v1/completions)"),
+        (
+            "multiverse",
+            "exact"
+            if tier == "full"
+            else f"nodes below the top {top} count as unexpanded"
+            if scores
+            else "no (needs token log-probabilities and /v1/completions)",
+        ),
+    ]
+
+
+def _server_table(backend: Backend) -> Table:
+    from rich.table import Table
+
+    from modescope.models.remote import split_remote
+
+    capabilities = backend.capabilities
+    served, base_url = split_remote(capabilities.server or backend.name)
+    table = Table(title=f"{capabilities.server}: tier {capabilities.tier}", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    context = "unknown" if backend.max_context >= 1 << 30 else f"{backend.max_context:,} tokens"
+    rows = [
+        ("server", base_url),
+        ("served name", served),
+        ("tier", capabilities.tier),
+        ("alternatives shown per position", capabilities.shows),
+        ("scores given sequences", "yes" if capabilities.scores_sequences else "no"),
+        ("chat-only", "yes" if capabilities.chat_only else "no"),
+        ("vocabulary", f"{backend.vocab.size:,} tokens"),
+        ("context length", context),
+    ]
+    rows += [(f"probe: {name}", support) for name, support in probe_support(capabilities)]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print_presets() -> None:
     from rich.table import Table
 
     from modescope.models import PRESETS, preset_cached
 
-    table = Table(title="Presets (any other model: a Hugging Face id, a folder or a .gguf file)", title_justify="left")
+    table = Table(
+        title="Presets (any other model: a Hugging Face id, a folder, a .gguf file or NAME@URL)", title_justify="left"
+    )
     for column in ["name", "kind", "installed", "cached", "description (package)"]:
         # preset names are what users type: never cut them, let the description wrap instead
         width = max(len(name) for name in PRESETS) if column == "name" else len(column)

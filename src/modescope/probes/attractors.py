@@ -78,6 +78,7 @@ class AttractorResult:
     model: str
     mainline: Continuation
     runs: list[PerturbedRun]
+    capabilities: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> Capabilities.metadata()
 
     @property
     def basin_share(self) -> float:
@@ -102,6 +103,7 @@ class AttractorResult:
             "basin_share": self.basin_share,
             "ending_share": self.ending_share,
             "median_distance_tokens": self.median_distance,
+            "capabilities": self.capabilities,
             "runs": [
                 {
                     "kind": r.perturbation.kind,
@@ -258,7 +260,7 @@ def run_attractor(
         _measure(backend, mainline, p, _truncated(c, budget), criterion, threshold, embedder)
         for p, c, budget in zip(perturbations, continuations, budgets, strict=True)
     ]
-    return AttractorResult(backend.name, mainline, runs)
+    return AttractorResult(backend.name, mainline, runs, {backend.name: backend.capabilities.metadata()})
 
 
 def _truncated(continuation: Continuation, budget: int) -> Continuation:

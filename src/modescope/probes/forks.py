@@ -59,6 +59,7 @@ class ForkResult:
 
     mainline: str
     positions: list[ForkPosition]
+    capabilities: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> Capabilities.metadata()
 
     def forks(self, top: int = 5) -> list[ForkPosition]:
         """The `top` positions with the largest change scores, largest first (ties: earlier first)."""
@@ -177,7 +178,7 @@ def forking_tokens(
         score = 0.0 if previous is None else total_variation(previous, outcomes)
         positions.append(ForkPosition(t, records[t].text, kept, outcomes, score))
         previous = outcomes
-    return ForkResult(mainline.text, positions)
+    return ForkResult(mainline.text, positions, {backend.name: backend.capabilities.metadata()})
 
 
 def _text(continuation: Continuation, length: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from modescope.engine.decode import Continuation, generate
@@ -41,6 +41,8 @@ class SamplingResult:
     seed: int | None
     sampler: SamplerSettings
     models: list[ModelSamples]
+    # model name -> Capabilities.metadata() of the backend that produced its samples (tier, server)
+    capabilities: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape: settings, and per model every completion with its tokens, and the metrics."""
@@ -50,6 +52,7 @@ class SamplingResult:
             "max_tokens": self.max_tokens,
             "seed": self.seed,
             "sampler": self.sampler.model_dump(mode="json"),
+            "capabilities": self.capabilities,
             "models": [
                 {
                     "model": m.model,
@@ -137,4 +140,5 @@ def sample_models(
         metrics = completion_metrics(completions, embedder, equivalence, equivalence_threshold)
         results.append(ModelSamples(backend.name, completions, metrics, seconds))
     text = prompt if isinstance(prompt, str) else prompt.user
-    return SamplingResult(text, n, max_tokens, seed, settings, results)
+    capabilities = {b.name: b.capabilities.metadata() for b in backends}
+    return SamplingResult(text, n, max_tokens, seed, settings, results, capabilities)

@@ -52,6 +52,7 @@ class TemperatureSweep:
     prompt: str
     temperatures: list[float]
     points: list[SweepPoint]
+    capabilities: dict[str, dict[str, Any]] = field(default_factory=dict)  # model name -> Capabilities.metadata()
 
     def series(self, model: str, metric: str) -> list[float]:
         return [p.metrics[metric] for p in self.points if p.model == model]
@@ -71,13 +72,15 @@ def temperature_sweep(
     if not temperatures:
         raise ModescopeError("give at least one temperature")
     points = []
+    capabilities: dict[str, dict[str, Any]] = {}
     for temperature in temperatures:
         settings = SamplerSettings.make(temperature=temperature)
         report = (lambda model, t=temperature: progress(f"{model} at temperature {t}")) if progress else None
         result = sample_models(models, prompt, n, max_tokens, settings, seed, progress=report, embedder=embedder)
         points += [SweepPoint(m.model, temperature, m.metrics) for m in result.models]
+        capabilities |= result.capabilities
     text = prompt if isinstance(prompt, str) else prompt.user
-    return TemperatureSweep(text, list(temperatures), points)
+    return TemperatureSweep(text, list(temperatures), points, capabilities)
 
 
 # --- fitting τ* --------------------------------------------------------------------------------------------
@@ -252,4 +255,5 @@ def report_dict(sweep: TemperatureSweep, fits: Sequence[TemperatureFit]) -> dict
         "temperatures": sweep.temperatures,
         "sweep": [asdict(p) for p in sweep.points],
         "fits": [f.to_dict() for f in fits],
+        "capabilities": sweep.capabilities,
     }

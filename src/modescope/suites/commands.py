@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from modescope.server_options import MaxConcurrency, MaxLogprobs, Tokenizer
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -52,7 +54,13 @@ def _run_id(store: Store, run: str) -> int:
 def run_command(
     suite: Annotated[str, typer.Argument(help="A built-in suite (see `modescope suites`) or a TOML file.")],
     model: Annotated[
-        list[str] | None, typer.Option("--model", "-m", help="Run on these models instead of the suite's; repeat.")
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Run on these models instead of the suite's (a preset, folder, .gguf file, HF id or NAME@URL); "
+            "repeat.",
+        ),
     ] = None,
     store_path: StorePath = None,
     resume: Annotated[bool, typer.Option(help="Continue the latest unfinished run of this suite.")] = False,
@@ -62,6 +70,9 @@ def run_command(
     report: Annotated[Path | None, typer.Option(help="Also write the HTML report here when the run ends.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    tokenizer: Tokenizer = None,
+    max_concurrency: MaxConcurrency = None,
+    max_logprobs: MaxLogprobs = None,
 ) -> None:
     """Run an experiment suite: every probe on every model, stored as it finishes, cached by content."""
     from modescope.cli import _console, _prepare_output, user_errors
@@ -69,7 +80,7 @@ def run_command(
     with user_errors():
         from modescope.suites.runner import plan_suite
 
-        plan = plan_suite(suite, model)
+        plan = plan_suite(suite, model, tokenizer=tokenizer, max_concurrency=max_concurrency, max_logprobs=max_logprobs)
         _prepare_output(report, "--report")
         console = _console()
         with _open_store(store_path) as store:

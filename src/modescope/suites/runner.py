@@ -28,11 +28,17 @@ if TYPE_CHECKING:
     from modescope.store import Store
 
 
-def model_identity(name: str) -> str:
+def model_identity(name: str, tokenizer: str | None = None, max_logprobs: int | None = None) -> str:
     """What a model name stands for, without loading it: a preset and its package version, or a path and
-    the modification time of its files, or (for a hub id) the name."""
+    the modification time of its files, or (for a hub id) the name. A model behind a server (NAME@URL) is
+    its spec with the tokenizer and the cap on alternatives (which decides its tier): the server is not asked,
+    so a rerun trusts that the server still serves the same model under that name."""
     from modescope.models import PRESETS
+    from modescope.models.remote import is_remote
 
+    if is_remote(name):
+        capped = "" if max_logprobs is None else f"|max_logprobs:{max_logprobs}"
+        return f"remote:{name}|tokenizer:{tokenizer or ''}{capped}"
     if name in PRESETS:
         preset = PRESETS[name]
         if not preset.installed():
@@ -64,11 +70,25 @@ class SuitePlan:
     hash: str
 
 
-def plan_suite(name_or_path: str, models: Sequence[str] | None = None) -> SuitePlan:
+def plan_suite(
+    name_or_path: str,
+    models: Sequence[str] | None = None,
+    *,
+    tokenizer: Sequence[str] | None = None,
+    max_concurrency: int | None = None,
+    max_logprobs: int | None = None,
+) -> SuitePlan:
     """Validate a suite, render its prompts, pick its models (`models` overrides the suite's) and key every
-    probe for the cache. Fails before any model is loaded."""
+    probe for the cache. `tokenizer`, `max_concurrency` and `max_logprobs` are the command line's settings
+    for the models behind a server (see `ServerOptions`); given, they override the suite's keys. Fails
+    before any model is loaded."""
+    from modescope.server_options import ServerOptions
+
     suite, path, text = schema.load_suite(name_or_path)
     entries = [schema.ModelEntry(name=m) for m in models] if models else list(suite.models)
+    server = ServerOptions.resolve(tokenizer, max_concurrency, max_logprobs, [e.load_name for e in entries])
+    entries = [e.model_copy(update=server.for_model(e.load_name)) for e in entries]
+    _check_server_keys(entries)
     if len(entries) < 2:  # a suite compares models (a base and its tuned sibling, typically)
         given = ", ".join(e.name for e in entries) or "none"
         raise ModescopeError(
@@ -79,7 +99,7 @@ def plan_suite(name_or_path: str, models: Sequence[str] | None = None) -> SuiteP
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ModescopeError(f"model '{twice[0]}' is listed twice; name each model once")
-    identities = {e.name: model_identity(e.load_name) for e in entries}
+    identities = {e.name: model_identity(e.load_name, e.tokenizer, e.max_logprobs) for e in entries}
     planned = []
     for probe in suite.probes:
         chosen = [e for e in entries if probe.models is None or e.name in probe.models]
@@ -91,6 +111,18 @@ def plan_suite(name_or_path: str, models: Sequence[str] | None = None) -> SuiteP
     prompts = {p.probe.name: p.prompt for p in planned}
     suite_hash = schema.suite_hash(suite, prompts | {"\x00models": json.dumps(names)})
     return SuitePlan(suite, text, entries, planned, suite_hash)
+
+
+def _check_server_keys(entries: Sequence[schema.ModelEntry]) -> None:
+    from modescope.models.remote import is_remote
+
+    for entry in entries:
+        keys = entry.server_options()
+        if keys and not is_remote(entry.load_name):
+            raise ModescopeError(
+                f"model '{entry.name}': {', '.join(keys)} {'is' if len(keys) == 1 else 'are'} for models behind a "
+                f"server (NAME@URL), and '{entry.load_name}' is not one; drop {'it' if len(keys) == 1 else 'them'}"
+            )
 
 
 def _chat_settings(probe: Any, entry: schema.ModelEntry) -> dict[str, Any]:
@@ -120,7 +152,7 @@ class ModelPool:
                 self.on_load(entry.name)
             from modescope.models import load
 
-            backend = load(entry.load_name, device=self.device, dtype=self.dtype)
+            backend = load(entry.load_name, device=self.device, dtype=self.dtype, **entry.server_options())
             backend.name = entry.name
             self.loaded[entry.name] = backend
         return self.loaded[entry.name]

@@ -20,6 +20,19 @@ suite's `[variables]` table (and from a probe's own `variables`). Example:
     kind = "sample"
     prompt = "Q: ${question}\\nA:"
     n = 16
+
+A model behind an OpenAI-compatible server (vLLM, SGLang, llama.cpp, an API) is `NAME@BASE_URL`, as on the
+command line, with three keys of its own (for such models only):
+
+    [[models]]
+    name = "tuned-vllm"
+    model = "tuned@http://127.0.0.1:8000/v1"
+    tokenizer = "smollm2-135m-instruct"  # a preset, folder or cached HF id; default: NAME itself
+    max_concurrency = 8                  # requests in flight (default 8)
+    max_logprobs = 20                    # cap on alternatives asked per position (top-k; 0: sampling only)
+
+`modescope run --tokenizer/--max-concurrency/--max-logprobs` override these keys when given. The cache key
+of such a model is its NAME@URL spec with its tokenizer and max_logprobs: the server is never asked.
 """
 
 from __future__ import annotations
@@ -32,7 +45,16 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from modescope.errors import ModescopeError
 
@@ -50,10 +72,28 @@ class ModelEntry(Strict):
     model: str | None = None
     chat: bool = False  # render prompts through the chat template (probes may override)
     system: str | None = None  # system message when chatting
+    # for a model behind a server (NAME@URL) only; None: load()'s default
+    tokenizer: str | None = Field(default=None, min_length=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    max_logprobs: int | None = Field(default=None, ge=0)
 
     @property
     def load_name(self) -> str:
         return self.model or self.name
+
+    def server_options(self) -> dict[str, Any]:
+        """The server keys that are set, as keyword arguments of `modescope.models.load`."""
+        return {key: getattr(self, key) for key in SERVER_KEYS if getattr(self, key) is not None}
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_server_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # unset server keys are left out, so suite hashes (and stored model lists) of suites without servers
+        # stay what they were before these keys existed
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if k not in SERVER_KEYS or v is not None}
+
+
+SERVER_KEYS = ("tokenizer", "max_concurrency", "max_logprobs")
 
 
 class ProbeBase(Strict):

@@ -378,6 +378,8 @@ def create_app(
                     "preselected": i < preselect,
                     "loaded": backend is not None,
                     "chat": backend.has_chat_template if backend is not None else None,
+                    # what the model shows (tier full, top-k or sample-only); None until it is loaded
+                    "capabilities": backend.capabilities.metadata() if backend is not None else None,
                 }
             )
         return _json({"models": listed, "limits": asdict(limits), "queue": {"pending": worker.pending}})

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from modescope.errors import ModescopeError
+from modescope.server_options import MaxConcurrency, MaxLogprobs, ServerOptions, Tokenizer
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
@@ -47,8 +48,8 @@ def serve(
         typer.Option(
             "--model",
             "-m",
-            help="Preset, folder, .gguf file or HF id; repeat to serve several. Default: every preset "
-            "(the first two are preselected in the page).",
+            help="Preset, folder, .gguf file, HF id, or NAME@URL (a model behind an OpenAI-compatible server); "
+            "repeat to serve several. Default: every preset (the first two are preselected in the page).",
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind; anything but loopback needs --token.")] = "127.0.0.1",
@@ -60,6 +61,9 @@ def serve(
     dtype: Annotated[
         str, typer.Option(help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16.")
     ] = "auto",
+    tokenizer: Tokenizer = None,
+    max_concurrency: MaxConcurrency = None,
+    max_logprobs: MaxLogprobs = None,
 ) -> None:
     """Web playground: two models side by side, token probabilities, branching, multiverse and probes."""
     from rich.console import Console
@@ -67,7 +71,7 @@ def serve(
     console = Console(highlight=False)
     try:
         check_binding(host, port, token)
-        app, names = _build(model, device, dtype, token)
+        app, names = _build(model, device, dtype, token, (tokenizer, max_concurrency, max_logprobs))
     except ModescopeError as exc:
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -92,9 +96,16 @@ def serve(
     uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning")
 
 
-def _build(model: list[str] | None, device: str, dtype: str, token: str | None) -> tuple[Any, list[str]]:
+def _build(
+    model: list[str] | None,
+    device: str,
+    dtype: str,
+    token: str | None,
+    server: tuple[list[str] | None, int | None, int | None] = (None, None, None),
+) -> tuple[Any, list[str]]:
     """The app and the names it serves. Explicit models are loaded now; without --model every installed
-    preset is served, the two defaults loaded now and the others on first use."""
+    preset is served, the two defaults loaded now and the others on first use. `server` holds the
+    --tokenizer, --max-concurrency and --max-logprobs values, for the NAME@URL models."""
     from modescope.models import DEFAULT_MODELS, PRESETS, load
     from modescope.web.app import LazyModel, create_app, preload
 
@@ -105,7 +116,8 @@ def _build(model: list[str] | None, device: str, dtype: str, token: str | None) 
         raise ModescopeError(f"a model is listed twice ({', '.join(names)}); name each model once")
     if not model:  # the defaults first, so they are the preselected pair
         names.sort(key=lambda n: (n not in DEFAULT_MODELS, DEFAULT_MODELS.index(n) if n in DEFAULT_MODELS else 0))
-    lazy = [LazyModel(n, functools.partial(load, n, device=device, dtype=dtype)) for n in names]
+    options = ServerOptions.resolve(*server, names)
+    lazy = [LazyModel(n, functools.partial(load, n, device=device, dtype=dtype, **options.for_model(n))) for n in names]
     app = create_app(lazy, token=token)
     eager = names if model else names[:2]
     for name in eager:
