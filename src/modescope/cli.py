@@ -963,9 +963,7 @@ def models(
         try:
             console.print(_server_table(backend))
         finally:
-            client = getattr(backend, "client", None)
-            if client is not None:
-                client.close()
+            backend.close()
 
 
 def probe_support(capabilities: Any) -> list[tuple[str, str]]:

@@ -98,7 +98,7 @@ def test_dist_writes_json_and_png(tmp_path: Path) -> None:
         assert 0.0 <= r["entropy_bits"] <= math.log2(len(candidates))
         assert [o["text"] for o in r["outcomes"]] == candidates  # candidate order, not rank order
         for o in r["outcomes"]:
-            assert set(o) == {"text", "mass", "prob"}
+            assert set(o) == {"text", "mass", "mass_upper", "prob"}
             assert isinstance(o["mass"], float)
             assert isinstance(o["prob"], float)
             assert 0.0 <= o["prob"] <= 1.0

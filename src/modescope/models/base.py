@@ -309,6 +309,9 @@ class Backend(ABC):
                 "shorten the prompt or the candidates"
             )
 
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to close
+        """Let go of what the backend holds outside the process's memory (a server backend's connections)."""
+
     def fingerprint(self) -> str | None:
         """A stable identity of the weights and tokenizer, for results cached on disk; None (the default)
         when there is none, and then nothing of this model is cached across processes."""

@@ -35,6 +35,7 @@ from modescope.models.vocab import Vocabulary, vocabulary_from_tokenizer
 
 REMOTE_NAME = re.compile(r"^(?P<name>[^@\s]+)@(?P<url>https?://\S+)$")
 TOKEN_ID = re.compile(r"^token_id:(\d+)$")
+HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # organization/name, e.g. Qwen/Qwen2.5-0.5B-Instruct
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 TOKENIZER_PROBE = "Q: 42, 7.5 or 100?\nA:  café – naïve {x}"
 FULL_PER_REQUEST = 4  # whole distributions per request: each is ~1.8 MB of JSON for a 49k vocabulary
@@ -52,6 +53,8 @@ def split_remote(name: str) -> tuple[str, str]:
     match = REMOTE_NAME.match(name)
     if match is None:
         raise ModescopeError(f"'{name}' is not NAME@URL; write the served model name, @, then the base URL")
+    if "@" in match["url"].split("/")[2]:
+        raise ModescopeError("the server URL holds credentials (user:key@host); put the key in MODESCOPE_API_KEY")
     return match["name"], match["url"].rstrip("/")
 
 
@@ -166,7 +169,8 @@ class Client:
                     "check that the URL points at an OpenAI-compatible API (it usually ends in /v1)"
                 ) from None
         raise ServerError(
-            f"{self.label}: {path} failed after {attempts} attempts ({last}); check that the server is up"
+            f"{self.label}: {method} {self.url(path)} failed after {attempts} attempts ({last}); "
+            "check that the server is up"
         )
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -291,6 +295,10 @@ class RemoteBackend(Backend):
 
     def fingerprint(self) -> str | None:
         return None  # the model behind a name can change on the server: never cache across processes
+
+    def close(self) -> None:
+        """Close the HTTP connections and the request threads."""
+        self.client.close()
 
     # --- requests ---------------------------------------------------------------------------------------
     def _completions(self, prompts: Sequence[Sequence[int]], **params: Any) -> list[dict[str, Any]]:
@@ -529,7 +537,7 @@ def _resolve_tokenizer(name: str, options: RemoteOptions) -> tuple[Any, Vocabula
         folder = preset_folder(PRESETS[source])
     elif Path(source).expanduser().is_dir():
         folder = Path(source).expanduser()
-    elif "/" in source and not Path(source).suffix:
+    elif HF_ID.match(source):
         folder = Path(source)  # a Hugging Face id: loaded from the local cache only
     else:
         hint = "" if options.tokenizer else f"'{name}' is not a preset, a folder or a Hugging Face id, so "

@@ -94,6 +94,12 @@ def completion_metrics(
     metrics = diversity.text_metrics([c.text for c in completions], embedder, equivalence, equivalence_threshold)
     metrics["mean_entropy_bits"] = diversity.mean_entropy_bits(entropies)
     metrics["branching_factor"] = diversity.branching_factor(entropies)
+    bounded = [t.entropy_bounds for c in completions for t in c.tokens if t.entropy_bounds is not None]
+    if bounded:  # a server showed only the top alternatives: the entropy is known between two bounds
+        lows = [t.entropy_bounds[0] if t.entropy_bounds else t.entropy_bits for c in completions for t in c.tokens]
+        highs = [t.entropy_bounds[1] if t.entropy_bounds else t.entropy_bits for c in completions for t in c.tokens]
+        metrics["mean_entropy_bits_low"] = diversity.mean_entropy_bits(lows)
+        metrics["mean_entropy_bits_high"] = diversity.mean_entropy_bits(highs)
     metrics["share_confident"] = diversity.share_confident(raw_probs)
     metrics["mean_tokens"] = sum(len(c.tokens) for c in completions) / len(completions)
     return metrics
