@@ -44,7 +44,9 @@ demo: setup
 	# the essay's experiments on the three presets; results go to ./modescope-results, the report to out/
 	$(VENV)/bin/modescope run essay --report out/essay-report.html
 
-test: setup setup-vllm
+test:
+	# the two environments install side by side (vLLM's takes several minutes)
+	$(MAKE) --no-print-directory -j2 setup setup-vllm
 	$(VENV)/bin/pytest
 
 lint: setup

@@ -58,6 +58,9 @@ class Capabilities:
             "top_k": self.top_k,
             "scores_sequences": self.scores_sequences,
             "chat_only": self.chat_only,
+            # a chat-only server renders chat prompts with its own template; elsewhere modescope renders them
+            # with the local tokenizer's template and sends token ids
+            "chat_template": "server" if self.chat_only else "local",
             "server": self.server,
         }
 
