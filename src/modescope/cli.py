@@ -265,40 +265,83 @@ def _run_distribution(
         )
 
 
-def _print_distribution(result: DistributionResult, console: Console, top: int) -> None:
-    from rich.table import Table
+def _percent(p: float) -> str:
+    """A probability as a percentage, with two significant digits below 0.1% (bounds are often tiny)."""
+    v = 100 * p
+    return f"{v:.1f}%" if v >= 10 else f"{v:.2f}%" if v >= 0.1 or v == 0 else f"{v:#.2g}%"
 
-    tops = Table(title="Top outcomes (probability within the set)", title_justify="left")
+
+def _interval(low: float, high: float) -> str:
+    return f"[{_percent(low)}, {_percent(high)}]"
+
+
+UNDECIDED_RELATIVE = 1e-6  # an exact model's mass_upper above its mass by more than this (relative) is noted
+
+
+def _print_distribution(result: DistributionResult, console: Console, top: int) -> None:
+    """Tables of the top outcomes, per-model metrics and pair divergences. A bounded model (behind a top-k
+    server) shows each outcome's absolute mass as [lower, upper] and is labelled; its metrics come from the
+    lower bounds, marked with *."""
+    from rich.table import Table
+    from rich.text import Text
+
+    bounded = {r.model for r in result.results if r.bounds is not None}
+    title = "Top outcomes (probability within the set"
+    title += "; bounded models: absolute mass [lower, upper], ranked by lower)" if bounded else ")"
+    tops = Table(title=Text(title), title_justify="left")
     tops.add_column("rank", justify="right")
     for r in result.results:
-        tops.add_column(r.model)
+        tops.add_column(Text(r.model + (f"\n{r.bounds}" if r.bounds is not None else "")))
     ranked = [sorted(r.outcomes, key=lambda o: -o.prob)[:top] for r in result.results]
+
+    def cell(r: Any, o: Any) -> Text:  # Text: a candidate like "[red]" is shown, not read as markup
+        shown = _interval(o.mass, o.mass_upper) if r.bounds is not None else f"{o.prob:.1%}"
+        return Text(f"{o.text!r}  {shown}")
+
     for rank in range(min(top, len(result.candidates))):
-        tops.add_row(str(rank + 1), *(f"{o[rank].text!r}  {o[rank].prob:.1%}" for o in ranked))
+        tops.add_row(str(rank + 1), *(cell(r, o[rank]) for r, o in zip(result.results, ranked, strict=True)))
     console.print(tops)
+
+    def mark(r: Any, text: str) -> str:
+        return f"{text} *" if r.model in bounded else text
 
     # Metrics as rows and models as columns, so that long model names fit an 80-column terminal.
     per_model: list[tuple[str, Callable[[Any], str]]] = [
-        ("coverage (mass of the set)", lambda r: f"{r.coverage:.2%}"),
-        ("entropy (bits)", lambda r: f"{r.entropy_bits:.3f}"),
-        ("normalized entropy", lambda r: f"{r.normalized_entropy:.3f}"),
-        ("effective outcomes (2^H)", lambda r: f"{r.effective_outcomes:.1f}"),
-        ("top-1", lambda r: f"{r.top1!r} {r.top1_share:.1%}"),
-        ("chi² vs uniform", lambda r: f"{r.chi_square:.2f}"),
+        (
+            "coverage (mass of the set)",
+            lambda r: _interval(r.coverage, r.coverage_upper) if r.bounds is not None else f"{r.coverage:.2%}",
+        ),
+        ("entropy (bits)", lambda r: mark(r, f"{r.entropy_bits:.3f}")),
+        ("normalized entropy", lambda r: mark(r, f"{r.normalized_entropy:.3f}")),
+        ("effective outcomes (2^H)", lambda r: mark(r, f"{r.effective_outcomes:.1f}")),
+        ("top-1", lambda r: mark(r, f"{r.top1!r} {r.top1_share:.1%}")),
+        ("chi² vs uniform", lambda r: mark(r, f"{r.chi_square:.2f}")),
     ]
     console.print(
         _metric_table("Per model (within the set)", [r.model for r in result.results], per_model, result.results)
     )
     if result.comparisons:
+
+        def pair(c: Any, text: str) -> str:
+            return f"{text} *" if {c.a, c.b} & bounded else text
+
         per_pair: list[tuple[str, Callable[[Any], str]]] = [
-            ("KL(a‖b) bits", lambda c: f"{c.kl_ab_bits:.3f}"),
-            ("KL(b‖a) bits", lambda c: f"{c.kl_ba_bits:.3f}"),
-            ("Jensen-Shannon bits", lambda c: f"{c.js_bits:.3f}"),
-            ("total variation", lambda c: f"{c.tv:.3f}"),
-            ("Spearman rank corr.", lambda c: f"{c.spearman:+.3f}"),
+            ("KL(a‖b) bits", lambda c: pair(c, f"{c.kl_ab_bits:.3f}")),
+            ("KL(b‖a) bits", lambda c: pair(c, f"{c.kl_ba_bits:.3f}")),
+            ("Jensen-Shannon bits", lambda c: pair(c, f"{c.js_bits:.3f}")),
+            ("total variation", lambda c: pair(c, f"{c.tv:.3f}")),
+            ("Spearman rank corr.", lambda c: pair(c, f"{c.spearman:+.3f}")),
         ]
         headers = [f"a={c.a}\nb={c.b}" for c in result.comparisons]
         console.print(_metric_table("Between models (within the set)", headers, per_pair, result.comparisons))
+    for r in result.results:
+        if r.bounds is not None:
+            console.print(Text(f"* {r.model}: {r.bounds}; numbers within the set come from the lower bounds"))
+        elif any(o.mass_upper - o.mass > UNDECIDED_RELATIVE * o.mass for o in r.outcomes):
+            undecided = r.coverage_upper - r.coverage
+            console.print(
+                Text(f"note: {r.model}: undecided UTF-8 mass up to {undecided:.2g} (absolute), counted in mass_upper")
+            )
 
 
 def _metric_table(

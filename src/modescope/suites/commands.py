@@ -142,8 +142,17 @@ def _print_overview(store: Store, run_id: int, console: Console) -> None:
         table.add_column(column, justify="right" if column == "value" else "left")
     keep = {"top1", "top1_share", "entropy_bits", "distinct_2", "embedding_diversity", "basin_share", "tau_star_token"}
     keep |= {"tau_star_outcome", "root_entropy_bits"}
+    # a distribution of a model behind a top-k server holds bounds: its numbers come from the lower bounds
+    bounded = {
+        (p["name"], r.get("model"))
+        for p in store.probes(run_id)
+        if p["kind"] == "distribution"
+        for r in store.probe_output(run_id, p["name"]).payload.get("results", [])
+        if isinstance(r, dict) and r.get("bounds")
+    }
     for row in metrics[metrics["metric"].isin(keep)].itertuples():
         value = row.text if isinstance(row.text, str) and row.text else f"{row.value:.3g}"
+        value += " (bounds)" if (row.probe, row.model) in bounded else ""
         table.add_row(str(row.probe), str(row.model), str(row.metric), value)
     console.print(table)
 

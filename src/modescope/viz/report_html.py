@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import hashlib
 import html
+import math
 import subprocess
 import tempfile
 from pathlib import Path
@@ -75,7 +76,12 @@ iframe { width: 100%; border: 1px solid #ddd; border-radius: 4px; background: #f
 nav ol { columns: 3; font-size: 0.9rem; }
 .overview td, .overview th { text-align: left; }
 code { font-size: 0.85rem; }
+.bounds-tag { display: inline-block; font-size: 0.72rem; background: #8a5a00; color: #fff; border-radius: 3px;
+  padding: 0.02rem 0.35rem; margin-left: 0.3rem; font-weight: normal; white-space: nowrap; }
+.bounds { font-size: 0.85rem; margin: 0.6rem 0; }
+.bounds table { margin-top: 0.3rem; }
 """
+SHOWN_BOUNDED_OUTCOMES = 8  # outcomes listed with their interval per bounded model, by lower bound
 
 
 def _e(value: Any) -> str:
@@ -100,19 +106,83 @@ def utc_time(timestamp: float | None) -> str:
     return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _metrics_table(output: ProbeOutput) -> str:
-    """Metric rows, one column per model (or model pair)."""
+def _percent(p: float) -> str:
+    v = 100 * p
+    return f"{v:.1f}%" if v >= 10 else f"{v:.2f}%" if v >= 0.1 or v == 0 else f"{v:#.2g}%"
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{_percent(low)}, {_percent(high)}]"
+
+
+def _bounded(kind: str, payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The models of a distribution probe whose masses are bounds (behind a top-k server), by name: each
+    with its bounds label and stored result (outcomes with mass = lower, mass_upper = upper bound)."""
+    if kind != "distribution":
+        return {}
+    return {r["model"]: r for r in payload.get("results", []) if isinstance(r, dict) and r.get("bounds")}
+
+
+def _tag(label: str, title: str = "") -> str:
+    hint = f' title="{_e(title)}"' if title else ""
+    return f'<span class="bounds-tag"{hint}>{_e(label)}</span>'
+
+
+def _coverage_bounds(result: dict[str, Any]) -> tuple[float, float]:
+    outcomes = result.get("outcomes", [])
+    upper = math.fsum(o["mass"] if o.get("mass_upper") is None else o["mass_upper"] for o in outcomes)
+    return float(result.get("coverage") or 0.0), upper
+
+
+BOUNDS_HINT = "masses are [lower, upper] bounds; the numbers within the set come from the lower bounds"
+
+
+def _metrics_table(output: ProbeOutput, bounded: dict[str, dict[str, Any]] | None = None) -> str:
+    """Metric rows, one column per model (or model pair). A bounded model's column is labelled, and its
+    numbers (and those of the pairs it is in) are marked as coming from the lower bounds."""
+    bounded = bounded or {}
     models = list(dict.fromkeys(m.model for m in output.metrics))
     names = list(dict.fromkeys(m.name for m in output.metrics))
     cell = {(m.model, m.name): m for m in output.metrics}
-    head = "".join(f"<th>{_e(model or 'all')}</th>" for model in models)
+    pairs = {f"{c.get('a')} vs {c.get('b')}": (c.get("a"), c.get("b")) for c in output.payload.get("comparisons", [])}
+    from_bounds = {model for model in models if set(pairs.get(model, (model,))) & set(bounded)}
+
+    def value(model: str, name: str) -> str:
+        if name == "coverage" and model in bounded:
+            return _e(_interval(*_coverage_bounds(bounded[model])))
+        text = _e(_format(cell.get((model, name))))
+        return f"{text} (bounds)" if model in from_bounds and (model, name) in cell else text
+
+    head = "".join(
+        f"<th>{_e(model or 'all')}{_tag(bounded[model]['bounds'], BOUNDS_HINT) if model in bounded else ''}</th>"
+        for model in models
+    )
     rows = "".join(
-        f"<tr><td>{_e(name)}</td>"
-        + "".join(f"<td>{_e(_format(cell.get((model, name))))}</td>" for model in models)
-        + "</tr>"
+        f"<tr><td>{_e(name)}</td>" + "".join(f"<td>{value(model, name)}</td>" for model in models) + "</tr>"
         for name in names
     )
     return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
+
+
+def _bounds_section(bounded: dict[str, dict[str, Any]]) -> str:
+    """Per bounded model: its label, coverage interval and the top outcomes' mass intervals."""
+    parts = []
+    for model, result in bounded.items():
+        low, high = _coverage_bounds(result)
+        outcomes = sorted(result.get("outcomes", []), key=lambda o: -(o.get("mass") or 0.0))
+        rows = "".join(
+            f'<tr title="{_e(o["text"])}: absolute mass between {_e(_percent(o["mass"]))} and '
+            f'{_e(_percent(o["mass_upper"]))}"><td>{_e(repr(o["text"]))}</td>'
+            f"<td>{_e(_interval(o['mass'], o['mass_upper']))}</td></tr>"
+            for o in outcomes[:SHOWN_BOUNDED_OUTCOMES]
+            if o.get("mass") is not None and o.get("mass_upper") is not None
+        )
+        parts.append(
+            f'<div class="bounds"><b>{_e(model)}</b>{_tag(result["bounds"], BOUNDS_HINT)} '
+            f"coverage {_e(_interval(low, high))}; {_e(BOUNDS_HINT)} (error bars in the figure)."
+            f"<table><tr><th>outcome</th><th>absolute mass [lower, upper]</th></tr>{rows}</table></div>"
+        )
+    return "".join(parts)
 
 
 def _artifact(name: str, mime: str, data: bytes, kind: str) -> str:
@@ -142,6 +212,7 @@ def _probe_section(probe: dict[str, Any], output: ProbeOutput) -> str:
     settings = ", ".join(f"{k} = {v}" for k, v in shown.items())
     badge = '<span class="kind cached">from cache</span>' if probe["from_cache"] else ""
     notes = "".join(f"<p class='notes'>{_e(n)}</p>" for n in output.notes)
+    bounded = _bounded(probe["kind"], output.payload)
     artifacts = "".join(_artifact(name, a.mime, a.data, probe["kind"]) for name, a in output.artifacts.items())
     return f"""
 <section class="probe" id="probe-{_e(probe["name"])}">
@@ -150,7 +221,8 @@ def _probe_section(probe: dict[str, Any], output: ProbeOutput) -> str:
 <div class="prompt">{_e(prompt)}</div>
 {notes}
 <h3>Metrics</h3>
-{_metrics_table(output)}
+{_metrics_table(output, bounded)}
+{_bounds_section(bounded)}
 <h3>Figures and views</h3>
 {artifacts}
 </section>"""
@@ -163,6 +235,7 @@ def _overview(probes: list[dict[str, Any]], outputs: dict[str, ProbeOutput], mod
         output = outputs[probe["name"]]
         cell = {(m.model, m.name): m for m in output.metrics}
         heads = HEADLINES.get(probe["kind"], [])
+        bounded = _bounded(probe["kind"], output.payload)
         columns = list(models)
         if probe["kind"] == "temperature":  # its numbers belong to model pairs
             columns = list(dict.fromkeys(m.model for m in output.metrics if m.name.startswith(("tau", "explained"))))
@@ -170,6 +243,16 @@ def _overview(probes: list[dict[str, Any]], outputs: dict[str, ProbeOutput], mod
         for model in columns:
             parts = [f"{label} {_format(cell[(model, name)])}" for name, label in heads if (model, name) in cell]
             prefix = f"{model}: " if model not in models else ""
+            if model in bounded and parts:  # numbers from the lower bounds; coverage as its interval
+                parts = [
+                    f"{label} {_interval(*_coverage_bounds(bounded[model]))}"
+                    if name == "coverage"
+                    else f"{label} {_format(cell[(model, name)])} (bounds)"
+                    for name, label in heads
+                    if (model, name) in cell
+                ]
+                cells.append(_e(prefix + " · ".join(parts)) + _tag(bounded[model]["bounds"], BOUNDS_HINT))
+                continue
             cells.append(_e(prefix + " · ".join(parts)) if parts else "–")
         if probe["kind"] == "temperature":  # one cell across the model columns, a line per pair
             body = f'<td colspan="{len(models)}">{"<br>".join(cells) or "–"}</td>'

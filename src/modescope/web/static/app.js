@@ -547,33 +547,73 @@ async function runDistribution() {
   progress.textContent = "";
   if (result) drawDistribution(result);
 }
+function coverageUpper(r) {
+  return r.outcomes.reduce((total, o) => total + (o.mass_upper ?? o.mass ?? 0), 0);
+}
+// each outcome's share of the set given every outcome's mass interval [mass, mass_upper]: smallest at its
+// lower bound with the others at their upper bounds, largest the other way round (viz.distribution_plot)
+function shareBounds(outcomes) {
+  const lows = outcomes.map((o) => o.mass ?? 0);
+  const highs = outcomes.map((o) => o.mass_upper ?? o.mass ?? 0);
+  const low = lows.reduce((a, b) => a + b, 0);
+  const high = highs.reduce((a, b) => a + b, 0);
+  return lows.map((_, i) => [
+    lows[i] > 0 ? Math.min(1, lows[i] / (lows[i] + high - highs[i])) : 0,
+    highs[i] > 0 ? Math.min(1, highs[i] / (highs[i] + low - lows[i])) : 0,
+  ]);
+}
 function drawDistribution(result) {
   const box = $("dist-chart");
   box.replaceChildren();
   result.results.forEach((r, m) => {
     const section = el("div", "dist-model model-" + (m % 2));
     section.dataset.model = r.model;
-    section.appendChild(el("h3", "", r.model));
-    section.appendChild(el("div", "faint", "coverage " + pct(r.coverage) + " · entropy " + (r.entropy_bits ?? 0).toFixed(2) +
-      " bits · top: " + JSON.stringify(r.top1) + " " + pct(r.top1_share) + " (bars: probability within the set)"));
+    const heading = el("h3", "", r.model);
+    // a model behind a top-k server: masses are [mass, mass_upper] bounds, the numbers within the set come
+    // from the lower bounds, and each bar carries the interval its share of the set can take
+    const bounded = typeof r.bounds === "string" && r.bounds !== "";
+    const shares = bounded ? shareBounds(r.outcomes) : null;
+    if (bounded) {
+      const tag = el("span", "bounds-tag", r.bounds);
+      tag.title = "masses are [lower, upper] bounds; entropy and top share come from the lower bounds";
+      heading.appendChild(tag);
+      section.dataset.bounds = r.bounds;
+    }
+    section.appendChild(heading);
+    const coverage = bounded ? "coverage [" + pct(r.coverage) + ", " + pct(coverageUpper(r)) + "]" : "coverage " + pct(r.coverage);
+    section.appendChild(el("div", "faint", coverage + " · entropy " + (r.entropy_bits ?? 0).toFixed(2) +
+      " bits · top: " + JSON.stringify(r.top1) + " " + pct(r.top1_share) + (bounded ? " (from the lower bounds; " : " (") +
+      "bars: probability within the set)"));
     const bars = el("div", "bars");
     const labels = el("div", "bar-labels");
-    const peak = Math.max(...r.outcomes.map((o) => o.prob || 0), 1e-12);
-    for (const o of r.outcomes) {
+    const peak = Math.max(...r.outcomes.map((o) => o.prob || 0), ...(shares ? shares.map((s) => s[1]) : []), 1e-12);
+    r.outcomes.forEach((o, i) => {
       const bar = el("div", "bar");
       bar.style.height = (100 * (o.prob || 0) / peak).toFixed(2) + "%";
       bar.title = o.text + ": " + pct(o.prob) + " of the set (absolute " + pct(o.mass) + ")";
+      if (shares) {
+        const [lo, hi] = shares[i];
+        bar.title = o.text + ": absolute mass [" + pct(o.mass) + ", " + pct(o.mass_upper ?? o.mass) + "], " +
+          "within the set [" + pct(lo) + ", " + pct(hi) + "] (" + r.bounds + ")";
+        const range = el("div", "bar-range");  // the interval of the share, on the bars' scale
+        // in units of the bars' height (the bar itself may be 0 tall): the bar's bottom is the axis
+        range.style.bottom = "calc(var(--bars-height) * " + (lo / peak).toFixed(5) + ")";
+        range.style.height = "calc(var(--bars-height) * " + ((hi - lo) / peak).toFixed(5) + ")";
+        bar.appendChild(range);
+      }
       bar.dataset.text = o.text;
       bars.appendChild(bar);
       labels.appendChild(el("span", "", r.outcomes.length <= 40 ? o.text : ""));
-    }
+    });
     section.append(bars, labels);
     box.appendChild(section);
   });
+  const boundedModels = new Set(result.results.filter((r) => typeof r.bounds === "string" && r.bounds !== "").map((r) => r.model));
+  const fromBounds = (c) => boundedModels.has(c.a) || boundedModels.has(c.b);
   for (const c of result.comparisons) {
     box.appendChild(el("div", "dist-compare", c.a + " vs " + c.b + ": JS " + (c.js_bits ?? 0).toFixed(3) + " bits · TV " +
       (c.tv ?? 0).toFixed(3) + " · KL " + (c.kl_ab_bits ?? NaN).toFixed(2) + " / " + (c.kl_ba_bits ?? NaN).toFixed(2) +
-      " bits · Spearman " + (c.spearman === null ? "—" : c.spearman.toFixed(2))));
+      " bits · Spearman " + (c.spearman === null ? "—" : c.spearman.toFixed(2)) + (fromBounds(c) ? " (from the lower bounds)" : "")));
   }
 }
 
