@@ -20,11 +20,12 @@ import modescope as ms
 from modescope.cli import app
 from modescope.engine.decode import generate
 from modescope.models.base import Backend, ChatPrompt
-from modescope.probes.attractors import attractor_experiment
+from modescope.probes.attractors import AttractorPlan, attractor_experiment
 from modescope.probes.distribution import DistributionResult
 from modescope.probes.multiverse import multiverse
 from modescope.probes.sampling import sample_models
 from tests.remote import vllm_server
+from tests.remote.conftest import API_KEY
 
 pytestmark = pytest.mark.remote
 
@@ -155,12 +156,15 @@ def test_multiverse_on_a_top_k_server_leaves_the_tail_unexpanded(vllm: vllm_serv
 
 def test_attractor_run(remote: Backend, local: Backend) -> None:
     prompt = ChatPrompt("Write one sentence about the sea.")
-    far = attractor_experiment(remote, prompt, max_tokens=24, positions=2, alternatives=2, seed=0)
-    near = attractor_experiment(local, prompt, max_tokens=24, positions=2, alternatives=2, seed=0)
+    plan = AttractorPlan(swap_positions=2, alternatives=2, detour_positions=[3])
+    [far] = attractor_experiment([remote], prompt, plan, max_tokens=24)
+    [near] = attractor_experiment([local], prompt, plan, max_tokens=24)
     assert far.mainline.text == near.mainline.text
     assert len(far.runs) == len(near.runs) > 0
-    matching = sum(a.continuation.text == b.continuation.text for a, b in zip(far.runs, near.runs, strict=True))
-    assert matching >= len(far.runs) - 1  # float32 on the server may flip a near-tie
+    swaps = [(a, b) for a, b in zip(far.runs, near.runs, strict=True) if a.perturbation.kind != "detour"]
+    matching = sum(a.continuation.text == b.continuation.text for a, b in swaps)
+    assert matching >= len(swaps) - 1  # float32 on the server may flip a near-tie
+    assert far.to_dict()["capabilities"][remote.name]["tier"] == "full"
 
 
 def test_sample_only_tier_samples_and_refuses_probabilities(vllm: vllm_server.VLLMServer) -> None:
@@ -238,35 +242,34 @@ def _kill_when_finished(server: vllm_server.VLLMServer, store_path: Path, probe:
     return thread
 
 
-def test_a_key_protected_server_and_a_crash_mid_probe(
-    smollm_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+def test_the_key_then_a_crash_mid_probe(
+    vllm: vllm_server.VLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A second server started with --api-key: 401 without the key, works with it; then it is killed in the
-    middle of a suite's distribution probe, which fails with a clear error and stores nothing partial."""
-    secret = "sk-modescope-test-4b1d"
-    with vllm_server.running(smollm_folder, "--api-key", secret) as server:
-        monkeypatch.delenv("MODESCOPE_API_KEY", raising=False)
-        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-        refused = runner.invoke(app, ["models", server.spec])
-        assert refused.exit_code == 2 and "401" in refused.output and "MODESCOPE_API_KEY" in refused.output
-        monkeypatch.setenv("MODESCOPE_API_KEY", secret)
-        shown = runner.invoke(app, ["models", server.spec])
-        assert shown.exit_code == 0 and "full" in shown.output and secret not in shown.output
+    """Last in this file: it kills the session's server. Without the key the server answers 401; then the
+    server is killed in the middle of a suite's distribution probe, which fails with a clear error and leaves
+    nothing partial in the store."""
+    monkeypatch.delenv("MODESCOPE_API_KEY")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    refused = runner.invoke(app, ["models", vllm.spec])
+    assert refused.exit_code == 2 and "401" in refused.output and "MODESCOPE_API_KEY" in refused.output
+    assert API_KEY not in refused.output
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)  # the fallback variable
+    shown = runner.invoke(app, ["models", vllm.spec])
+    assert shown.exit_code == 0 and "full" in shown.output and API_KEY not in shown.output
 
-        suite = tmp_path / "crash.toml"
-        suite.write_text(
-            f'name = "crash"\n[[models]]\nname = "toy:a"\n[[models]]\nname = "served"\nmodel = "{server.spec}"\n'
-            '[[probes]]\nname = "first"\nkind = "distribution"\nprompt = "Q: a number?\\nA:"\nchoices = [" 1", " 2"]\n'
-            f'[[probes]]\nname = "second"\nkind = "distribution"\nprompt = "{INTEGERS.encode("unicode_escape").decode()}"\n'
-            "integers = [0, 100]\n"
-        )
-        store_path = tmp_path / "results.sqlite"
-        killer = _kill_when_finished(server, store_path, "first")
-        result = runner.invoke(app, ["run", str(suite), "--store", str(store_path)])
-        killer.join(timeout=60)
-        assert result.exit_code == 2, result.output
-        assert "Traceback" not in result.output
-        assert "check that the server is up" in result.output or "connection" in result.output
+    suite = tmp_path / "crash.toml"
+    integers = INTEGERS.encode("unicode_escape").decode()
+    suite.write_text(
+        f'name = "crash"\n[[models]]\nname = "toy:a"\n[[models]]\nname = "served"\nmodel = "{vllm.spec}"\n'
+        '[[probes]]\nname = "first"\nkind = "distribution"\nprompt = "Q: a number?\\nA:"\nchoices = [" 1", " 2"]\n'
+        f'[[probes]]\nname = "second"\nkind = "distribution"\nprompt = "{integers}"\nintegers = [0, 100]\n'
+    )
+    store_path = tmp_path / "results.sqlite"
+    killer = _kill_when_finished(vllm, store_path, "first")
+    result = runner.invoke(app, ["run", str(suite), "--store", str(store_path)])
+    killer.join(timeout=60)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and "check that the server is up" in result.output
     from modescope.store.store import Store
 
     with Store(store_path) as store:
@@ -274,6 +277,5 @@ def test_a_key_protected_server_and_a_crash_mid_probe(
         assert run_id is not None
         assert store.finished_probes(run_id) == ["first"]
         assert [p["name"] for p in store.probes(run_id)] == ["first"]
-    for record in caplog.records:
-        assert secret not in record.getMessage()
-    assert secret not in store_path.read_bytes().decode("latin-1")
+    assert all(API_KEY not in record.getMessage() for record in caplog.records)
+    assert API_KEY.encode() not in store_path.read_bytes()

@@ -76,6 +76,7 @@ def test_server_options_reach_load_for_server_models_only_and_the_tier_is_in_sam
         "top_k": TOP_K,
         "scores_sequences": True,
         "chat_only": False,
+        "chat_template": "local",
         "server": SERVER,
     }
     assert data["capabilities"]["local"] == Capabilities().metadata()

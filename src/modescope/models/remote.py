@@ -15,6 +15,7 @@ MODESCOPE_API_KEY or OPENAI_API_KEY and is only ever put in the Authorization he
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,7 @@ class Client:
             if attempt:
                 time.sleep(wait)
             if abort is not None and abort.is_set():
-                raise ServerError(f"{self.label}: cancelled after another request failed")
+                raise Cancelled(f"{self.label}: cancelled after another request failed")
             wait = min(0.25 * 2 ** (attempt + 1), 8.0)  # before the next attempt, unless the server says
             try:
                 response = self.http.request(
@@ -190,11 +191,24 @@ class Client:
             finally:
                 self._local.abort = None
 
-        return list(self.pool.map(run, items))
+        futures = [self.pool.submit(run, item) for item in items]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [e for f in futures if f.done() and not f.cancelled() and (e := f.exception()) is not None]
+        if failed:
+            for future in futures:
+                future.cancel()
+            wait(futures)  # the requests in flight see the abort flag at their next attempt
+            causes = [e for e in failed if not isinstance(e, Cancelled)]
+            raise (causes or failed)[0]
+        return [f.result() for f in futures]
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()
+
+
+class Cancelled(ServerError):
+    """A request given up because another request of the same batch failed for good."""
 
 
 class HTTPStatus(ServerError):
@@ -390,13 +404,16 @@ class RemoteBackend(Backend):
         shown = self.server_alternatives(alternatives)
         for prompt in prompts:
             self.check_length(len(prompt) + max_tokens)
+        # greedy rows are all the same, and vLLM refuses n > 1 without sampling: ask once, copy
+        copies, n = (n, 1) if params.get("temperature") == 0.0 else (1, n)
         options: dict[str, Any] = {"n": n, "max_tokens": max_tokens, **params}
         if seed is not None:
             options["seed"] = seed
         if stop:
             options["stop"] = list(stop)
         if self.capabilities.chat_only:
-            return self.client.map(lambda p: self._chat_samples(p, options, shown), list(prompts))
+            answers = self.client.map(lambda p: self._chat_samples(p, options, shown), list(prompts))
+            return [group * copies for group in answers]
         options |= {"include_stop_str_in_output": True, "skip_special_tokens": False, "return_token_ids": True}
         if shown:
             options["logprobs"] = shown
@@ -407,7 +424,7 @@ class RemoteBackend(Backend):
 
         completions = self.client.map(ask, list(prompts))
         self.stats.calls += len(prompts)
-        return completions
+        return [[copy.deepcopy(c) for c in group for _ in range(copies)] for group in completions]
 
     def server_alternatives(self, alternatives: int) -> int:
         """Alternatives asked for per sampled token: enough to bound its entropy, within the server's cap."""

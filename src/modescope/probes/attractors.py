@@ -249,6 +249,9 @@ def run_attractor(
     `threshold`."""
     if max_tokens < 2:
         raise ModescopeError("--max-tokens must be at least 2")
+    backend.capabilities.require(
+        "an attractor experiment (it swaps in the mainline's alternatives)", backend.name, "top-k"
+    )
     prompt_ids = backend.prompt_ids(prompt)
     (mainline,) = generate(backend, prompt_ids, max_tokens=max_tokens, top_k_alternatives=max(10, plan.alternatives))
     perturbations = plan_perturbations(backend, prompt_ids, mainline, plan)

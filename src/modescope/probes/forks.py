@@ -128,6 +128,7 @@ def forking_tokens(
         raise ModescopeError(f"threshold must be a probability in (0, 1] (got {threshold})")
     if max_alternatives < 1:
         raise ModescopeError(f"max alternatives must be at least 1 (got {max_alternatives})")
+    backend.capabilities.require("a forking-tokens experiment (it continues each alternative)", backend.name, "top-k")
     pattern = _compile(outcome_regex)
 
     mainline = generate(

@@ -100,7 +100,9 @@ def completion_metrics(
         highs = [t.entropy_bounds[1] if t.entropy_bounds else t.entropy_bits for c in completions for t in c.tokens]
         metrics["mean_entropy_bits_low"] = diversity.mean_entropy_bits(lows)
         metrics["mean_entropy_bits_high"] = diversity.mean_entropy_bits(highs)
-    metrics["share_confident"] = diversity.share_confident(raw_probs)
+    # a sample-only server gives no probabilities: the share is unknown, not zero
+    known = all(math.isfinite(x) for x in raw_probs)
+    metrics["share_confident"] = diversity.share_confident(raw_probs) if known else math.nan
     metrics["mean_tokens"] = sum(len(c.tokens) for c in completions) / len(completions)
     return metrics
 
