@@ -56,6 +56,18 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def tokenizer_encode(tokenizer: Any, text: str, add_special_tokens: bool) -> list[int]:
+    """Token ids of `text` by a Hugging Face tokenizer (with its BOS where it adds one, if asked)."""
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def special_name(tokenizer: Any, vocab: Vocabulary, token_id: int) -> str | None:
+    """A special token's name (`<|im_end|>`), shown instead of its empty text; None for other tokens."""
+    if token_id in vocab.special_ids:
+        return str(tokenizer.convert_ids_to_tokens(token_id))
+    return None
+
+
 def chat_messages(prompt: ChatPrompt) -> list[dict[str, str]]:
     """The OpenAI-style messages of a chat prompt (its prefill is not a message)."""
     messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
@@ -146,12 +158,10 @@ class HFBackend(Backend):
 
     # --- text -------------------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        return tokenizer_encode(self.tokenizer, text, add_special_tokens)
 
     def token_text(self, token_id: int) -> str:
-        if token_id in self.vocab.special_ids:
-            return str(self.tokenizer.convert_ids_to_tokens(token_id))
-        return super().token_text(token_id)
+        return special_name(self.tokenizer, self.vocab, token_id) or super().token_text(token_id)
 
     @property
     def has_chat_template(self) -> bool:

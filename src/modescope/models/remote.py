@@ -269,12 +269,14 @@ class RemoteBackend(Backend):
 
     # --- text -------------------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+        from modescope.models.hf import tokenizer_encode
+
+        return tokenizer_encode(self.tokenizer, text, add_special_tokens)
 
     def token_text(self, token_id: int) -> str:
-        if token_id in self.vocab.special_ids:
-            return str(self.tokenizer.convert_ids_to_tokens(token_id))
-        return super().token_text(token_id)
+        from modescope.models.hf import special_name
+
+        return special_name(self.tokenizer, self.vocab, token_id) or super().token_text(token_id)
 
     @property
     def has_chat_template(self) -> bool:
