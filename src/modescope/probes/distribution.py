@@ -625,12 +625,13 @@ def _summarize(
     with np.errstate(divide="ignore"):
         logmass = np.log(mass)
     coverage = float(mass.sum())
-    if coverage == 0.0:
+    if float(upper.sum()) == 0.0:
         raise ModescopeError(f"model '{model}' gives the candidate set no probability at all; check the candidates")
-    logp = metrics.normalize_log(logmass)
+    # bounds whose lower ends are all 0 (a top-k server showed none) say nothing within the set
+    logp = metrics.normalize_log(logmass) if coverage else np.full(len(candidates), math.nan)
     prob = np.exp(logp)
-    entropy = metrics.entropy_bits(logp)
-    top = int(np.argmax(prob))
+    entropy = metrics.entropy_bits(logp) if coverage else math.nan
+    top = int(np.argmax(prob)) if coverage else int(np.argmax(upper))
     return ModelDistribution(
         model=model,
         outcomes=[
@@ -643,7 +644,7 @@ def _summarize(
         effective_outcomes=2.0**entropy,
         top1=candidates[top],
         top1_share=float(prob[top]),
-        chi_square=metrics.chi_square_uniform(logp),
+        chi_square=metrics.chi_square_uniform(logp) if coverage else math.nan,
         stats=stats,
     )
 
