@@ -24,6 +24,7 @@ from modescope.probes.attractors import AttractorPlan, attractor_experiment
 from modescope.probes.distribution import DistributionResult
 from modescope.probes.multiverse import multiverse
 from modescope.probes.sampling import sample_models
+from modescope.probes.temperature import outcome_level_fits, token_level_fits
 from tests.remote import vllm_server
 from tests.remote.conftest import API_KEY
 
@@ -165,6 +166,18 @@ def test_attractor_run(remote: Backend, local: Backend) -> None:
     matching = sum(a.continuation.text == b.continuation.text for a, b in swaps)
     assert matching >= len(swaps) - 1  # float32 on the server may flip a near-tie
     assert far.to_dict()["capabilities"][remote.name]["tier"] == "full"
+
+
+def test_both_temperature_fits_run_on_the_server(remote: Backend, local: Backend) -> None:
+    """τ* of the served model against the same weights in-process: both forms find τ* = 1, divergence 0."""
+    token = token_level_fits(local, remote, ChatPrompt("Name a color."), n=2, max_tokens=6, seed=0)
+    outcome = outcome_level_fits(
+        local, remote, "Q: Roll a die.\nA: I rolled a", ms.integers(1, 6), tokenizations="canonical"
+    )
+    assert [f.form for f in token + outcome] == ["token", "token", "outcome", "outcome"]
+    for fit in token + outcome:
+        assert fit.tau == pytest.approx(1.0, abs=0.02), fit
+        assert fit.divergence_at_one < 1e-3, fit
 
 
 def test_sample_only_tier_samples_and_refuses_probabilities(vllm: vllm_server.VLLMServer) -> None:
