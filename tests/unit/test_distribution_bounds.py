@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -100,3 +101,17 @@ def test_sample_only_refuses_a_distribution() -> None:
     capped.capabilities = Capabilities("top-k", 5, True, False, SERVER)
     with pytest.raises(ms.ModescopeError, match="whole next-token distributions"):
         ms.distribution(capped, "Q", ["a"], temperature=1.5)
+
+
+def test_a_top_k_multiverse_leaves_the_tail_unexpanded_and_round_trips() -> None:
+    """A multiverse of a top-k model: at most k children per node, the rest unexpanded, entropies unknown
+    (null in JSON), and read back with the same expanded nodes."""
+    from modescope.probes.multiverse import Multiverse, multiverse
+
+    capped = TopK(toy_model("toy:tree"), 3, True)
+    tree = multiverse(capped, "Q", depth=2, cutoff=0.001, cache=False)
+    assert any("top 3" in notice for notice in tree.notices)
+    nodes = [tree.root, *tree.nodes()]
+    assert all(len(node.children) <= 3 for node in nodes) and (tree.root.unexpanded() or 0.0) > 0.0
+    back = Multiverse.from_dict(json.loads(tree.to_json()))
+    assert [n.expanded for n in [back.root, *back.nodes()]] == [n.expanded for n in nodes]

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from modescope.errors import ModescopeError
+from modescope.jsonsafe import finite
 from modescope.models.base import Backend, ChatPrompt, Rows, partial_distributions
 
 SPELLING_SHARE = 0.01  # spellings of a merged node holding less of its mass are not continued
@@ -327,6 +328,7 @@ class Multiverse:
                 "entropy_bits": [None if v is None else v.entropy_bits for v in node.values],
                 "unexpanded": [node.unexpanded(m) for m in range(len(self.models))],
                 "eos": node.eos,
+                "expanded": node.expanded,
                 "children": [encode(c) for c in node.children],
             }
 
@@ -357,7 +359,8 @@ class Multiverse:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False)
+        """Strict JSON; an entropy a top-k server left unknown (NaN) is written as null."""
+        return json.dumps(finite(self.to_dict()), ensure_ascii=False, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Multiverse:
@@ -376,7 +379,9 @@ class Multiverse:
             ]
             key = EOS_KEY if item["eos"] else normalize_whitespace(item["text"]) if merge else item["text"]
             node = MultiverseNode(key, item["text"], depth, bool(item["eos"]), values, parent=parent)
-            node.expanded = any(v is not None and v.entropy_bits is not None for v in values)
+            # a top-k model's entropies are unknown (null): then a node with children was expanded too
+            known = any(v is not None and v.entropy_bits is not None for v in values) or bool(item["children"])
+            node.expanded = bool(item.get("expanded", known))
             node.children = [decode(c, depth + 1, node) for c in item["children"]]
             return node
 
