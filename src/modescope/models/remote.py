@@ -35,7 +35,6 @@ from modescope.models.base import Answer, Backend, Capabilities, ChatPrompt, Ser
 from modescope.models.vocab import Vocabulary, vocabulary_from_tokenizer
 
 REMOTE_NAME = re.compile(r"^(?P<name>[^@\s]+)@(?P<url>https?://\S+)$")
-TOKEN_ID = re.compile(r"^token_id:(\d+)$")
 HF_ID = re.compile(r"^[\w.-]+/[\w.-]+$")  # organization/name, e.g. Qwen/Qwen2.5-0.5B-Instruct
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 TOKENIZER_PROBE = "Q: 42, 7.5 or 100?\nA:  café – naïve {x}"
@@ -246,10 +245,8 @@ def _server_message(response: Any) -> str:
 
 
 def _token_id(key: str) -> int:
-    match = TOKEN_ID.match(key)
-    if match:
-        return int(match[1])
-    return int(key)
+    """The id in a "token_id:N" key (return_tokens_as_token_ids), or a plain id."""
+    return int(key[9:]) if key.startswith("token_id:") else int(key)
 
 
 class RemoteBackend(Backend):
@@ -502,7 +499,7 @@ class RemoteBackend(Backend):
     def _chat_token(self, item: dict[str, Any]) -> int:
         """A chat answer names tokens by text (or token_id:N on vLLM): find the id in the local vocabulary."""
         token = str(item.get("token", ""))
-        if TOKEN_ID.match(token):
+        if token.startswith("token_id:") and token[9:].isdigit():
             return _token_id(token)
         data = bytes(item["bytes"]) if isinstance(item.get("bytes"), list) else token.encode()
         ids = self.vocab.ids_with_bytes(data)
@@ -522,7 +519,7 @@ def _logprob_of(row: Any, token: int) -> float:
 def _shown(top: dict[str, Any], vocab_size: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Ids and float64 log-probabilities of a top_logprobs object, best first, checked against the vocabulary."""
     try:  # "token_id:N" keys (return_tokens_as_token_ids), or plain ids
-        ids = torch.tensor([int(k[9:]) if k.startswith("token_id:") else int(k) for k in top], dtype=torch.long)
+        ids = torch.tensor([_token_id(k) for k in top], dtype=torch.long)
     except ValueError:
         raise ServerError(
             f"{name}: the server names tokens by text, not id; it needs return_tokens_as_token_ids (vLLM does)"
