@@ -1,0 +1,1 @@
+"""Built-in prompt sets (JSON lines: id, category, prompt)."""
