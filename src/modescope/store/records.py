@@ -46,3 +46,27 @@ class RunInfo:
     finished: float | None
     models: list[dict[str, Any]]  # in the suite's order, with their settings
     suite_text: str
+
+
+@dataclass(frozen=True)
+class UnitRecord:
+    """Where a unit of a prompt-set probe belongs: its probe, prompt (id, place in the set, the text the model
+    saw, the prompt's other keys) and model, and its cache key."""
+
+    probe: str
+    prompt_id: str
+    model: str
+    position: int
+    prompt: str
+    meta: dict[str, Any]
+    cache_key: str
+
+
+@dataclass
+class StoredUnit:
+    """A unit read back from the store."""
+
+    record: UnitRecord
+    output: ProbeOutput
+    seconds: float
+    from_cache: bool

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from modescope.errors import ModescopeError
-from modescope.store.records import Artifact, Metric, ProbeOutput, RunInfo
+from modescope.store.records import Artifact, Metric, ProbeOutput, RunInfo, StoredUnit, UnitRecord
 from modescope.store.schema import migrate
 
 if TYPE_CHECKING:
@@ -195,14 +195,7 @@ class Store:
                 ),
             )
             probe_id = int(cursor.lastrowid or 0)
-            conn.executemany(
-                "INSERT INTO metrics (probe_id, position, model, name, value, text) VALUES (?, ?, ?, ?, ?, ?)",
-                [(probe_id, k, m.model, m.name, _finite(m.value), m.text) for k, m in enumerate(output.metrics)],
-            )
-            conn.executemany(
-                "INSERT INTO artifacts (probe_id, name, mime, data) VALUES (?, ?, ?, ?)",
-                [(probe_id, n, a.mime, bytes(a.data)) for n, a in output.artifacts.items()],
-            )
+            _insert_pieces(conn, "", "probe_id", probe_id, output)
             conn.execute("INSERT OR REPLACE INTO cache (key, probe_id) VALUES (?, ?)", (cache_key, probe_id))
             if old is not None and old[2] != cache_key:
                 # The replaced probe may have been the cache entry for its old key; another run may still hold
@@ -231,15 +224,18 @@ class Store:
             raise ModescopeError(f"run {run_id} has no probe '{name}'; its probes are: {stored}")
         return self._output(row[0])
 
-    def _output(self, probe_id: int) -> ProbeOutput:
+    def _output(self, probe_id: int, prefix: str = "") -> ProbeOutput:
+        """A stored output: a probe's (prefix "") or a unit's (prefix "unit_")."""
+        owner, table = ("unit_id", "units") if prefix else ("probe_id", "probes")
         # One read transaction, so a concurrent replace cannot hand back metrics and artifacts of two versions.
         with self._read() as conn:
-            payload, notes = conn.execute("SELECT payload, notes FROM probes WHERE id = ?", (probe_id,)).fetchone()
+            payload, notes = conn.execute(f"SELECT payload, notes FROM {table} WHERE id = ?", (probe_id,)).fetchone()
             metrics = conn.execute(
-                "SELECT model, name, value, text FROM metrics WHERE probe_id = ? ORDER BY position", (probe_id,)
+                f"SELECT model, name, value, text FROM {prefix}metrics WHERE {owner} = ? ORDER BY position",
+                (probe_id,),
             ).fetchall()
             artifacts = conn.execute(
-                "SELECT name, mime, data FROM artifacts WHERE probe_id = ? ORDER BY rowid", (probe_id,)
+                f"SELECT name, mime, data FROM {prefix}artifacts WHERE {owner} = ? ORDER BY rowid", (probe_id,)
             ).fetchall()
         return ProbeOutput(
             metrics=[Metric(*m) for m in metrics],
@@ -247,6 +243,100 @@ class Store:
             artifacts={n: Artifact(mime, bytes(data)) for n, mime, data in artifacts},
             notes=json.loads(notes),
         )
+
+    # Units of prompt-set probes
+
+    def save_unit(
+        self,
+        run_id: int,
+        unit: UnitRecord,
+        output: ProbeOutput,
+        seconds: float,
+        from_cache: bool = False,
+    ) -> None:
+        """Store one (probe, prompt, model) unit and make it the cache entry for its key, in one transaction;
+        a unit already stored in the run is replaced, and a failure recorded for it is cleared."""
+        payload_json, notes_json, meta_json = _dumps(output.payload), _dumps(output.notes), _dumps(unit.meta)
+        key = (run_id, unit.probe, unit.prompt_id, unit.model)
+        with self._write() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+                raise self._unknown_run(run_id)
+            conn.execute("DELETE FROM units WHERE run_id = ? AND probe = ? AND prompt_id = ? AND model = ?", key)
+            conn.execute(
+                "DELETE FROM unit_failures WHERE run_id = ? AND probe = ? AND prompt_id = ? AND model = ?", key
+            )
+            cursor = conn.execute(
+                "INSERT INTO units (run_id, probe, prompt_id, model, position, prompt, meta, cache_key, seconds,"
+                " from_cache, payload, notes, saved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *key,
+                    unit.position,
+                    unit.prompt,
+                    meta_json,
+                    unit.cache_key,
+                    float(seconds),
+                    int(from_cache),
+                    payload_json,
+                    notes_json,
+                    time.time(),
+                ),
+            )
+            unit_id = int(cursor.lastrowid or 0)
+            _insert_pieces(conn, "unit_", "unit_id", unit_id, output)
+            conn.execute("INSERT OR REPLACE INTO unit_cache (key, unit_id) VALUES (?, ?)", (unit.cache_key, unit_id))
+
+    def cached_unit(self, cache_key: str) -> ProbeOutput | None:
+        """The output stored under this unit key by any run, or None."""
+        row = self._conn.execute("SELECT unit_id FROM unit_cache WHERE key = ?", (cache_key,)).fetchone()
+        return None if row is None else self._output(row[0], "unit_")
+
+    def finished_units(self, run_id: int, probe: str) -> set[tuple[str, str]]:
+        """(prompt id, model) of every unit of the probe stored in the run."""
+        rows = self._conn.execute("SELECT prompt_id, model FROM units WHERE run_id = ? AND probe = ?", (run_id, probe))
+        return {(r[0], r[1]) for r in rows}
+
+    def units(self, run_id: int, probe: str, with_artifacts: bool = False) -> list[StoredUnit]:
+        """The probe's stored units in prompt order (then by model name), with their outputs; artifacts are
+        left out unless asked for (they are the bulk of a unit)."""
+        rows = self._conn.execute(
+            "SELECT id, prompt_id, model, position, prompt, meta, cache_key, seconds, from_cache FROM units"
+            " WHERE run_id = ? AND probe = ? ORDER BY position, model",
+            (run_id, probe),
+        ).fetchall()
+        found = []
+        for unit_id, prompt_id, model, position, prompt, meta, cache_key, seconds, from_cache in rows:
+            output = self._output(unit_id, "unit_")
+            if not with_artifacts:
+                output.artifacts = {}
+            record = UnitRecord(probe, prompt_id, model, position, prompt, json.loads(meta), cache_key)
+            found.append(StoredUnit(record, output, seconds, bool(from_cache)))
+        return found
+
+    def unit_artifact(self, run_id: int, probe: str, prompt_id: str, model: str, name: str) -> Artifact | None:
+        row = self._conn.execute(
+            "SELECT a.mime, a.data FROM unit_artifacts a JOIN units u ON u.id = a.unit_id"
+            " WHERE u.run_id = ? AND u.probe = ? AND u.prompt_id = ? AND u.model = ? AND a.name = ?",
+            (run_id, probe, prompt_id, model, name),
+        ).fetchone()
+        return None if row is None else Artifact(row[0], bytes(row[1]))
+
+    def record_failure(self, run_id: int, probe: str, prompt_id: str, model: str, error: str, attempts: int) -> None:
+        """Keep a unit the executor gave up on, so the run lists it and --resume knows to compute it."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO unit_failures (run_id, probe, prompt_id, model, error, attempts, saved)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, probe, prompt_id, model, error, attempts, time.time()),
+            )
+
+    def failures(self, run_id: int) -> list[dict[str, Any]]:
+        """The run's failed units: probe, prompt_id, model, error, attempts."""
+        rows = self._conn.execute(
+            "SELECT probe, prompt_id, model, error, attempts FROM unit_failures WHERE run_id = ? ORDER BY saved",
+            (run_id,),
+        )
+        columns = ("probe", "prompt_id", "model", "error", "attempts")
+        return [dict(zip(columns, row, strict=True)) for row in rows]
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -343,6 +433,18 @@ class Store:
             probe["notes"] = output.notes
             probe["artifacts"] = {n: a.mime for n, a in output.artifacts.items()}
         return {"run": asdict(info), "probes": probes, "metrics": _records(table)}
+
+
+def _insert_pieces(conn: sqlite3.Connection, prefix: str, owner: str, owner_id: int, output: ProbeOutput) -> None:
+    """The metrics and artifacts of a probe (prefix "") or a unit (prefix "unit_")."""
+    conn.executemany(
+        f"INSERT INTO {prefix}metrics ({owner}, position, model, name, value, text) VALUES (?, ?, ?, ?, ?, ?)",
+        [(owner_id, k, m.model, m.name, _finite(m.value), m.text) for k, m in enumerate(output.metrics)],
+    )
+    conn.executemany(
+        f"INSERT INTO {prefix}artifacts ({owner}, name, mime, data) VALUES (?, ?, ?, ?)",
+        [(owner_id, n, a.mime, bytes(a.data)) for n, a in output.artifacts.items()],
+    )
 
 
 def _records(table: pd.DataFrame) -> list[dict[str, Any]]:

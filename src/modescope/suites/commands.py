@@ -5,6 +5,8 @@ Only typer is imported at the top; everything heavy is imported inside the comma
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from modescope.store import Store
+    from modescope.suites.units import Executor, UnitFailure
 
 StorePath = Annotated[
     Path | None,
@@ -73,8 +76,21 @@ def run_command(
     tokenizer: Tokenizer = None,
     max_concurrency: MaxConcurrency = None,
     max_logprobs: MaxLogprobs = None,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray", help="Fan prompt-set probes out over a local Ray cluster: one worker per model holds its weights."
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="Join this existing Ray cluster (e.g. ray://head:10001 or auto) instead; implies --ray."),
+    ] = None,
 ) -> None:
-    """Run an experiment suite: every probe on every model, stored as it finishes, cached by content."""
+    """Run an experiment suite: every probe on every model, stored as it finishes, cached by content.
+
+    Probes over a prompt set are stored prompt by prompt and model by model: a killed run resumed with --resume
+    computes only the missing units. With --ray they are computed on a Ray cluster; the store stays here."""
     from modescope.cli import _console, _prepare_output, user_errors
 
     with user_errors():
@@ -83,8 +99,15 @@ def run_command(
         plan = plan_suite(suite, model, tokenizer=tokenizer, max_concurrency=max_concurrency, max_logprobs=max_logprobs)
         _prepare_output(report, "--report")
         console = _console()
-        with _open_store(store_path) as store:
-            run_id = _run_with_progress(plan, store, resume, only, device, dtype, console)
+        with (
+            _open_store(store_path) as store,
+            _executor(ray or ray_address is not None, ray_address, device, dtype) as executor,
+        ):
+            run_id = _run_with_progress(plan, store, resume, only, device, dtype, console, executor)
+            failures = store.failures(run_id)
+            if failures:
+                _print_failures(failures, run_id, store, console)
+                raise typer.Exit(1)
             console.print(f"run {run_id} finished; stored in {store.path}")
             _print_overview(store, run_id, console)
             if report is not None:
@@ -94,8 +117,45 @@ def run_command(
                 console.print(f"wrote {report}")
 
 
+@contextmanager
+def _executor(ray: bool, address: str | None, device: str, dtype: str) -> Iterator[Executor | None]:
+    """The Ray executor when asked for (started before any model loads, closed however the run ends)."""
+    if not ray:
+        yield None
+        return
+    from modescope.suites.ray_executor import RayExecutor
+
+    executor = RayExecutor(address=address, device=device, dtype=dtype)
+    try:
+        yield executor
+    finally:
+        executor.close()
+
+
+def _print_failures(failures: list[dict[str, Any]], run_id: int, store: Store, console: Console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"run {run_id}: {len(failures)} units failed", title_justify="left")
+    for column in ("probe", "prompt", "model", "attempts", "error"):
+        table.add_column(column)
+    for f in failures:
+        table.add_row(f["probe"], f["prompt_id"], f["model"], str(f["attempts"]), f["error"])
+    console.print(table)
+    console.print(
+        f"run {run_id} is stored in {store.path} with everything else that finished; "
+        "rerun with --resume to compute only the missing units"
+    )
+
+
 def _run_with_progress(
-    plan: Any, store: Store, resume: bool, only: list[str] | None, device: str, dtype: str, console: Console
+    plan: Any,
+    store: Store,
+    resume: bool,
+    only: list[str] | None,
+    device: str,
+    dtype: str,
+    console: Console,
+    executor: Executor | None = None,
 ) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -127,8 +187,18 @@ def _run_with_progress(
             source = "from the cache" if cached else f"{seconds:.1f} s"
             bar.console.print(f"[green]✓[/] {name} ({source})")
 
-        events = RunEvents(started, progress, finished, lambda name: progress(f"loading {name}"))
-        return run_suite(plan, store, resume=resume, only=only, device=device, dtype=dtype, events=events)
+        def units(name: str, done: int, total: int) -> None:
+            if "task" in current:
+                bar.update(current["task"], total=total, completed=done)
+
+        def failed(failure: UnitFailure) -> None:
+            unit = failure.unit
+            bar.console.print(f"[red]✗[/] {unit.probe} / {unit.prompt_id} / {unit.model}: {failure.error}")
+
+        events = RunEvents(started, progress, finished, lambda name: progress(f"loading {name}"), units, failed)
+        return run_suite(
+            plan, store, resume=resume, only=only, device=device, dtype=dtype, events=events, executor=executor
+        )
 
 
 def _print_overview(store: Store, run_id: int, console: Console) -> None:

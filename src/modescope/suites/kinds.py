@@ -84,26 +84,52 @@ def run_distribution(ctx: ProbeContext, probe: schema.DistributionProbe) -> Prob
     return ProbeOutput(metrics, result.to_dict(), {"distribution.png": figure})
 
 
-def run_sample(ctx: ProbeContext, probe: schema.SampleProbe) -> ProbeOutput:
+def _sampler_of(probe: schema.SampleProbe) -> Any:
     from modescope.engine.samplers import SamplerSettings
-    from modescope.probes.sampling import sample_models
+
+    return SamplerSettings.make(temperature=probe.temperature, top_p=probe.top_p, top_k=probe.top_k, min_p=probe.min_p)
+
+
+def _sample_output(result: Any) -> ProbeOutput:
     from modescope.viz.tokens_html import sampling_page
 
-    sampler = SamplerSettings.make(
-        temperature=probe.temperature, top_p=probe.top_p, top_k=probe.top_k, min_p=probe.min_p
-    )
+    metrics = [Metric(m.model, name, _number(value)) for m in result.models for name, value in m.metrics.items()]
+    return ProbeOutput(metrics, result.to_dict(), {"samples.html": _html(sampling_page(result))})
+
+
+def run_sample(ctx: ProbeContext, probe: schema.SampleProbe) -> ProbeOutput:
+    from modescope.probes.sampling import sample_models
+
     result = sample_models(
         ctx.backends,
         ctx.prompt,
         n=probe.n,
         max_tokens=probe.max_tokens,
-        sampler=sampler,
+        sampler=_sampler_of(probe),
         seed=probe.seed,
         stop=probe.stop,
         progress=lambda model: ctx.progress(f"{model}: {probe.n} completions"),
     )
-    metrics = [Metric(m.model, name, _number(value)) for m in result.models for name, value in m.metrics.items()]
-    return ProbeOutput(metrics, result.to_dict(), {"samples.html": _html(sampling_page(result))})
+    return _sample_output(result)
+
+
+def _sample_prompts(
+    backend: Backend, probe: schema.SampleProbe, prompts: list[str], progress: Progress
+) -> list[ProbeOutput]:
+    """n completions of each prompt, every prompt decoded in one batch (same samples as one at a time)."""
+    from modescope.probes.sampling import sample_prompts
+
+    results = sample_prompts(
+        backend,
+        prompts,
+        n=probe.n,
+        max_tokens=probe.max_tokens,
+        sampler=_sampler_of(probe),
+        seed=probe.seed,
+        stop=probe.stop,
+    )
+    progress(f"{backend.name}: {len(prompts)} prompts x {probe.n} completions")
+    return [_sample_output(r) for r in results]
 
 
 def run_temperature(ctx: ProbeContext, probe: schema.TemperatureProbe) -> ProbeOutput:
@@ -246,6 +272,26 @@ RUNNERS: dict[str, Callable[[ProbeContext, Any], ProbeOutput]] = {
     "forks": run_forks,
     "multiverse": run_multiverse,
 }
+
+
+# Rows decoded at once when a kind batches several prompts (each prompt brings n rows).
+BATCH_ROWS = 256
+
+
+def prompts_per_batch(probe: Any) -> int:
+    """How many prompts of a prompt set one batch holds: sampling packs prompts into one decode batch of up
+    to BATCH_ROWS rows; the other kinds run a prompt at a time (a batch of one is the finest resume grain)."""
+    if probe.kind == "sample":
+        return max(1, BATCH_ROWS // probe.n)
+    return 1
+
+
+def run_prompts(backend: Backend, probe: Any, prompts: list[str], progress: Progress) -> list[ProbeOutput]:
+    """The probe on each prompt with one model: one output per prompt, as `run_probe` gives for that
+    prompt and model alone."""
+    if probe.kind == "sample":
+        return _sample_prompts(backend, probe, prompts, progress)
+    return [run_probe(ProbeContext([backend], prompt, progress), probe) for prompt in prompts]
 
 
 def run_probe(ctx: ProbeContext, probe: Any) -> ProbeOutput:

@@ -20,8 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import modescope
 from modescope.errors import ModescopeError
+from modescope.store import ProbeOutput, UnitRecord
 from modescope.suites import schema
 from modescope.suites.kinds import ProbeContext, run_probe
+from modescope.suites.prompt_sets import PromptItem
+from modescope.suites.units import Executor, ExecutorEvents, LocalExecutor, UnitFailure, UnitResult, split_batches
 
 if TYPE_CHECKING:
     from modescope.models.base import Backend
@@ -56,9 +59,12 @@ def model_identity(name: str, tokenizer: str | None = None, max_logprobs: int | 
 @dataclass
 class PlannedProbe:
     probe: Any  # a schema probe
-    prompt: str
+    prompt: str  # the prompt; for a prompt set, a one-line summary of it
     models: list[schema.ModelEntry]
     cache_key: str = ""
+    # a prompt-set probe: its prompts, and its units (one per prompt and model, prompt by prompt)
+    prompts: list[PromptItem] | None = None
+    units: list[UnitRecord] = field(default_factory=list)
 
 
 @dataclass
@@ -105,12 +111,36 @@ def plan_suite(
         chosen = [e for e in entries if probe.models is None or e.name in probe.models]
         if not chosen:
             raise ModescopeError(f"probe '{probe.name}' has none of the run's models ({', '.join(names)})")
-        item = PlannedProbe(probe, schema.render_prompt(suite, probe, path.parent), chosen)
-        item.cache_key = _cache_key(item, identities)
+        if probe.is_prompt_set:
+            item = _plan_prompt_set(suite, probe, path.parent, chosen, identities)
+        else:
+            item = PlannedProbe(probe, schema.render_prompt(suite, probe, path.parent), chosen)
+            item.cache_key = _cache_key(item, identities)
         planned.append(item)
-    prompts = {p.probe.name: p.prompt for p in planned}
+    prompts = {p.probe.name: p.prompt if p.prompts is None else _set_text(p.prompts) for p in planned}
     suite_hash = schema.suite_hash(suite, prompts | {"\x00models": json.dumps(names)})
     return SuitePlan(suite, text, entries, planned, suite_hash)
+
+
+def _plan_prompt_set(
+    suite: schema.Suite, probe: Any, folder: Path, models: list[schema.ModelEntry], identities: dict[str, str]
+) -> PlannedProbe:
+    """A prompt-set probe and its units; each unit is keyed like a one-prompt, one-model probe, and the
+    probe's own key (for its aggregate) covers every unit's."""
+    prompts = schema.render_prompt_set(suite, probe, folder)
+    item = PlannedProbe(probe, f"{len(prompts)} prompts", models, prompts=prompts)
+    for position, prompt in enumerate(prompts):
+        for entry in models:
+            single = PlannedProbe(probe, prompt.text, [entry])
+            key = _cache_key(single, identities)
+            item.units.append(UnitRecord(probe.name, prompt.id, entry.name, position, prompt.text, prompt.meta, key))
+    keys = json.dumps([[u.prompt_id, u.model, u.cache_key] for u in item.units])
+    item.cache_key = hashlib.sha256(f"prompt-set|{[e.name for e in models]}|{keys}".encode()).hexdigest()
+    return item
+
+
+def _set_text(prompts: Sequence[PromptItem]) -> str:
+    return json.dumps([[p.id, p.text] for p in prompts])
 
 
 def _check_server_keys(entries: Sequence[schema.ModelEntry]) -> None:
@@ -130,8 +160,12 @@ def _chat_settings(probe: Any, entry: schema.ModelEntry) -> dict[str, Any]:
     return {"chat": chat, "system": probe.system or entry.system, "prefill": probe.prefill} if chat else {"chat": False}
 
 
+PROMPT_KEYS = {"name", "title", "prompt", "prompt_file", "variables", "prompts_file", "prompts", "template"}
+
+
 def _cache_key(item: PlannedProbe, identities: dict[str, str]) -> str:
-    parameters = item.probe.model_dump(mode="json", exclude={"name", "title", "prompt", "prompt_file", "variables"})
+    # the prompt keys are left out: the rendered prompt is in the key instead; so is `models`, a probe's models
+    parameters = item.probe.model_dump(mode="json", exclude=PROMPT_KEYS)
     models = [[e.name, identities[e.name], _chat_settings(item.probe, e)] for e in item.models]
     payload = json.dumps([modescope.__version__, parameters, item.prompt, models], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -175,6 +209,9 @@ class RunEvents:
     probe_progress: Callable[[str], None] = lambda message: None
     probe_finished: Callable[[str, float, bool], None] = lambda name, seconds, cached: None
     model_loading: Callable[[str], None] = lambda name: None
+    # a prompt-set probe: units stored so far (computed or from the cache) of all its units
+    units_done: Callable[[str, int, int], None] = lambda name, done, total: None
+    unit_failed: Callable[[UnitFailure], None] = lambda failure: None
 
 
 def run_suite(
@@ -186,38 +223,99 @@ def run_suite(
     device: str = "auto",
     dtype: str = "auto",
     events: RunEvents | None = None,
+    executor: Executor | None = None,
 ) -> int:
-    """Run every probe of the plan (or only the named ones, recomputed) and return the run id."""
+    """Run every probe of the plan (or only the named ones, recomputed) and return the run id.
+
+    Prompt-set probes go to `executor` unit by unit (default: this process); one-prompt probes, which compare
+    their models inside one process, always run here. A unit the executor gives up on is recorded as failed:
+    the run goes on, ends with status "failed" and `resume=True` computes only what is missing."""
     events = events or RunEvents()
     names = [p.probe.name for p in plan.probes]
     unknown = [n for n in only or [] if n not in names]
     if unknown:
         raise ModescopeError(f"no probe '{unknown[0]}' in suite '{plan.suite.name}'; its probes: {', '.join(names)}")
     run_id = _pick_run(plan, store, resume, bool(only))
+    if resume:
+        store.finish_run(run_id, "running")
     done = set(store.finished_probes(run_id))
     if only:
         todo = [p for p in plan.probes if p.probe.name in only]
     else:
         todo = [p for p in plan.probes if p.probe.name not in done]
     pool = ModelPool(device, dtype, events.model_loading)
+    executor = executor or LocalExecutor(pool)
+    failed = False
     for index, item in enumerate(todo):
         events.probe_started(item.probe.name, index, len(todo))
         started = time.perf_counter()
-        cached = None if only else store.cached(item.cache_key)
-        if cached is None:
-            context = ProbeContext([pool.view(item.probe, e) for e in item.models], item.prompt, events.probe_progress)
-            output = run_probe(context, item.probe)
+        if item.prompts is not None:
+            output, cached = _run_prompt_set(item, run_id, store, executor, bool(only), events)
+            if output is None:
+                failed = True
+                continue
         else:
-            output = cached
+            output = None if only else store.cached(item.cache_key)
+            cached = output is not None
+            if output is None:
+                context = ProbeContext(
+                    [pool.view(item.probe, e) for e in item.models], item.prompt, events.probe_progress
+                )
+                output = run_probe(context, item.probe)
         seconds = time.perf_counter() - started
         params = item.probe.model_dump(mode="json") | {"rendered_prompt": item.prompt}
         params["models"] = [e.name for e in item.models]
-        store.save_probe(
-            run_id, item.probe.name, item.probe.kind, params, item.cache_key, seconds, output, cached is not None
-        )
-        events.probe_finished(item.probe.name, seconds, cached is not None)
-    store.finish_run(run_id)
+        store.save_probe(run_id, item.probe.name, item.probe.kind, params, item.cache_key, seconds, output, cached)
+        events.probe_finished(item.probe.name, seconds, cached)
+    store.finish_run(run_id, "failed" if failed else "finished")
     return run_id
+
+
+def _run_prompt_set(
+    item: PlannedProbe, run_id: int, store: Store, executor: Executor, recompute: bool, events: RunEvents
+) -> tuple[ProbeOutput | None, bool]:
+    """Store every missing unit of a prompt-set probe, then its aggregate over the prompts: (aggregate,
+    whether it came from the cache), or (None, False) when units failed (they stay missing for --resume)."""
+    from modescope.suites.aggregate import aggregate
+
+    name, total = item.probe.name, len(item.units)
+    cached = None if recompute else store.cached(item.cache_key)
+    if cached is not None:
+        return cached, True
+    stored = set() if recompute else store.finished_units(run_id, name)
+    todo: dict[str, list[UnitRecord]] = {}
+    reused = 0
+    for unit in item.units:
+        if (unit.prompt_id, unit.model) in stored:
+            continue
+        output = None if recompute else store.cached_unit(unit.cache_key)
+        if output is not None:
+            store.save_unit(run_id, unit, output, 0.0, from_cache=True)
+            reused += 1
+        else:
+            todo.setdefault(unit.model, []).append(unit)
+    count = [total - sum(len(u) for u in todo.values())]
+    events.units_done(name, count[0], total)
+    failures: list[UnitFailure] = []
+
+    def deliver(result: UnitResult) -> None:
+        store.save_unit(run_id, result.unit, result.output, result.seconds)
+        count[0] += 1
+        events.units_done(name, count[0], total)
+
+    def fail(failure: UnitFailure) -> None:
+        unit = failure.unit
+        store.record_failure(run_id, unit.probe, unit.prompt_id, unit.model, failure.error, failure.attempts)
+        failures.append(failure)
+        events.unit_failed(failure)
+
+    entries = {e.name: e for e in item.models}
+    batches = [b for model, units in todo.items() for b in split_batches(item.probe, entries[model], units)]
+    executor.run(batches, ExecutorEvents(deliver, fail, events.probe_progress))
+    if failures:
+        return None, False
+    units = store.units(run_id, name, with_artifacts=True)
+    return aggregate(item.probe.kind, [e.name for e in item.models], units), reused == total and not recompute
 
 
 def _pick_run(plan: SuitePlan, store: Store, resume: bool, only: bool) -> int:

@@ -43,7 +43,7 @@ import re
 import string
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -57,6 +57,9 @@ from pydantic import (
 )
 
 from modescope.errors import ModescopeError
+
+if TYPE_CHECKING:
+    from modescope.suites.prompt_sets import PromptItem
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -76,6 +79,9 @@ class ModelEntry(Strict):
     tokenizer: str | None = Field(default=None, min_length=1)
     max_concurrency: int | None = Field(default=None, ge=1)
     max_logprobs: int | None = Field(default=None, ge=0)
+    # what one Ray worker holding this model reserves (`modescope run --ray`); None: Ray's default
+    num_cpus: float | None = Field(default=None, ge=0)
+    num_gpus: float | None = Field(default=None, ge=0)
 
     @property
     def load_name(self) -> str:
@@ -90,10 +96,12 @@ class ModelEntry(Strict):
         # unset server keys are left out, so suite hashes (and stored model lists) of suites without servers
         # stay what they were before these keys existed
         data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if k not in SERVER_KEYS or v is not None}
+        return {k: v for k, v in data.items() if k not in OPTIONAL_KEYS or v is not None}
 
 
 SERVER_KEYS = ("tokenizer", "max_concurrency", "max_logprobs")
+OPTIONAL_KEYS = (*SERVER_KEYS, "num_cpus", "num_gpus")
+PROMPT_SET_KEYS = ("prompts_file", "prompts", "template")
 
 
 class ProbeBase(Strict):
@@ -101,6 +109,11 @@ class ProbeBase(Strict):
     title: str | None = None
     prompt: str | None = None
     prompt_file: str | None = None
+    # a prompt set instead of one prompt: a .jsonl/.txt file next to the suite (or a built-in set's name),
+    # or a list of prompts (strings, or tables with id and prompt); `template` wraps each, e.g. "Q: ${prompt}\nA:"
+    prompts_file: str | None = None
+    prompts: list[str | dict[str, Any]] | None = None
+    template: str | None = None
     chat: bool | None = None  # None: each model's own setting; True/False: for every model with a template
     system: str | None = None
     prefill: str = ""
@@ -116,9 +129,22 @@ class ProbeBase(Strict):
 
     @model_validator(mode="after")
     def _one_prompt(self) -> ProbeBase:
-        if (self.prompt is None) == (self.prompt_file is None):
-            raise ValueError("give exactly one of prompt and prompt_file")
+        given = [k for k in ("prompt", "prompt_file", "prompts_file", "prompts") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of prompt, prompt_file, prompts_file and prompts")
+        if self.template is not None and not self.is_prompt_set:
+            raise ValueError("template wraps the prompts of a prompt set (prompts_file or prompts); put it in prompt")
         return self
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_prompt_set_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # like ModelEntry's server keys: suites without prompt sets keep the hashes they had before
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items() if k not in PROMPT_SET_KEYS or v is not None}
+
+    @property
+    def is_prompt_set(self) -> bool:
+        return self.prompts_file is not None or self.prompts is not None
 
 
 class Candidates(Strict):
@@ -357,3 +383,17 @@ def suite_hash(suite: Suite, prompts: dict[str, str]) -> str:
     """Identity of what a suite asks for: its validated content and every rendered prompt."""
     payload = json.dumps([suite.model_dump(mode="json"), prompts], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def render_prompt_set(suite: Suite, probe: ProbeBase, folder: Path) -> list[PromptItem]:
+    """The prompts of a prompt-set probe, each put into the probe's template (with the variables filled in)."""
+    from modescope.suites import prompt_sets
+
+    if probe.prompts_file is not None:
+        items = prompt_sets.load_prompts_file(probe.prompts_file, folder)
+    else:
+        items = prompt_sets.from_list(probe.prompts or [], f"probe '{probe.name}': prompts")
+    try:
+        return prompt_sets.apply_template(items, probe.template, {**suite.variables, **probe.variables})
+    except ModescopeError as exc:
+        raise ModescopeError(f"probe '{probe.name}': {exc}") from None

@@ -1,0 +1,97 @@
+"""Units of work of a prompt-set probe, and the executors that compute them.
+
+A probe over a prompt set is split into units (`UnitRecord`), one per (prompt, model): each unit is the probe run on one
+prompt with one model, stored on its own (so a killed run recomputes only the missing units) and cached by
+content like a whole probe. An executor receives batches (one probe, one model, several prompts) and hands
+each finished unit back to the driver, which alone writes the store. `LocalExecutor` computes in this
+process; `modescope.suites.ray_executor.RayExecutor` fans the batches out over a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from modescope.store import ProbeOutput, UnitRecord
+
+if TYPE_CHECKING:
+    from modescope.models.base import Backend
+    from modescope.suites import schema
+
+
+@dataclass
+class Batch:
+    """What an executor computes at once: one probe, one model, several prompts (units aligned with prompts)."""
+
+    probe: Any  # a schema probe
+    model: schema.ModelEntry
+    units: list[UnitRecord]  # each holds its prompt's text
+
+
+@dataclass
+class UnitResult:
+    unit: UnitRecord
+    output: ProbeOutput
+    seconds: float  # compute time of this unit (a batch's time shared among its prompts)
+
+
+@dataclass
+class UnitFailure:
+    unit: UnitRecord
+    error: str
+    attempts: int
+
+
+@dataclass
+class ExecutorEvents:
+    """How an executor reports: every finished unit, every unit given up on, and progress messages."""
+
+    deliver: Callable[[UnitResult], None]
+    fail: Callable[[UnitFailure], None] = lambda failure: None
+    progress: Callable[[str], None] = lambda message: None
+
+
+class Executor(ABC):
+    """Computes batches of units; `run` returns when every unit was delivered or failed."""
+
+    @abstractmethod
+    def run(self, batches: Sequence[Batch], events: ExecutorEvents) -> None: ...
+
+    def close(self) -> None:  # noqa: B027 (optional: an executor without workers has nothing to release)
+        """Release models and workers."""
+
+
+def split_batches(probe: Any, model: schema.ModelEntry, units: Sequence[UnitRecord]) -> list[Batch]:
+    """The units of one probe and model cut into batches of the size the probe's kind batches best."""
+    from modescope.suites.kinds import prompts_per_batch
+
+    size = prompts_per_batch(probe)
+    return [Batch(probe, model, list(units[k : k + size])) for k in range(0, len(units), size)]
+
+
+def compute_batch(backend: Backend, batch: Batch, progress: Callable[[str], None]) -> Iterator[UnitResult]:
+    """Run a batch on a model already viewed through the probe's chat settings; yields each unit's result."""
+    from modescope.suites.kinds import run_prompts
+
+    started = time.perf_counter()
+    outputs = run_prompts(backend, batch.probe, [u.prompt for u in batch.units], progress)
+    seconds = (time.perf_counter() - started) / max(1, len(batch.units))
+    for unit, output in zip(batch.units, outputs, strict=True):
+        yield UnitResult(unit, output, seconds)
+
+
+@dataclass
+class LocalExecutor(Executor):
+    """Computes in this process, loading each model once (through the runner's model pool)."""
+
+    pool: Any  # modescope.suites.runner.ModelPool
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def run(self, batches: Sequence[Batch], events: ExecutorEvents) -> None:
+        for batch in batches:
+            backend = self.pool.view(batch.probe, batch.model)
+            for result in compute_batch(backend, batch, events.progress):
+                events.deliver(result)
