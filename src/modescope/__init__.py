@@ -30,6 +30,10 @@ _EXPORTS = {
     "distribution": "modescope.probes.distribution",
     "Multiverse": "modescope.probes.multiverse",
     "multiverse": "modescope.probes.multiverse",
+    "PromptSetResult": "modescope.probes.prompt_set",
+    "over_prompts": "modescope.probes.prompt_set",
+    "prompt_set": "modescope.probes.prompt_set",
+    "sample_models": "modescope.probes.sampling",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -41,6 +45,8 @@ if TYPE_CHECKING:
     from modescope.probes.candidates import choices, choices_from_file, integers
     from modescope.probes.distribution import DistributionResult, ModelDistribution, distribution
     from modescope.probes.multiverse import Multiverse, multiverse
+    from modescope.probes.prompt_set import PromptSetResult, over_prompts, prompt_set
+    from modescope.probes.sampling import sample_models
 
 
 def __getattr__(name: str) -> Any:

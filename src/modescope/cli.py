@@ -17,6 +17,7 @@ import typer
 
 from modescope.errors import ModescopeError
 from modescope.server_options import MaxConcurrency, MaxLogprobs, ServerOptions, Tokenizer
+from modescope.suites.prompt_set_command import PromptsFile, Resume, SetStore, Template
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -94,6 +95,75 @@ def _prompt(
     if not chat and (system is not None or prefill):
         raise ModescopeError("--system and --prefill need --chat")
     return ChatPrompt(text, system, prefill) if chat else text
+
+
+def _prompt_set_given(
+    prompts_file: str | None,
+    prompt: str | None,
+    prompt_file: Path | None,
+    template: str | None,
+    store_path: Path | None,
+    resume: bool,
+) -> bool:
+    """Whether the command runs over a prompt set (--prompts-file), refusing options that mix the two ways."""
+    if prompts_file is None:
+        if template is not None or store_path is not None or resume:
+            raise ModescopeError("--template, --store and --resume go with --prompts-file (a prompt set)")
+        return False
+    if prompt is not None or prompt_file is not None:
+        raise ModescopeError("give one prompt (--prompt or --prompt-file) or a prompt set (--prompts-file), not both")
+    return True
+
+
+def _refuse_in_prompt_set(used: dict[str, bool]) -> None:
+    given = [option for option, on in used.items() if on]
+    if given:
+        raise ModescopeError(
+            f"{given[0]} is for a single prompt; a --prompts-file run writes the prompt-set page (--html) and --json"
+        )
+
+
+def _over_prompt_set(
+    kind: str,
+    settings: dict[str, Any],
+    model: list[str] | None,
+    chat: bool,
+    system: str | None,
+    json_path: Path | None,
+    html: Path | None,
+    device: str,
+    dtype: str,
+    options: dict[str, Any],
+) -> None:
+    """The command's probe over every prompt of --prompts-file (see suites/prompt_set_command.py); `options`
+    are the command's own arguments, for the prompt-set and server options every command shares."""
+    from modescope.models import DEFAULT_MODELS
+    from modescope.suites.prompt_set_command import run_prompt_set
+
+    if not chat and system is not None:
+        raise ModescopeError("--system needs --chat")
+    if not chat and settings.get("prefill"):
+        raise ModescopeError("--prefill needs --chat")
+    _prepare_output(json_path, "--json")
+    _prepare_output(html, "--html")
+    server = {key: options[key] for key in ("tokenizer", "max_concurrency", "max_logprobs")}
+    run_prompt_set(
+        kind,
+        settings,
+        options["prompts_file"],
+        models=model or list(DEFAULT_MODELS),
+        chat=chat,
+        system=system,
+        template=options["template"],
+        store_path=options["store_path"],
+        resume=options["resume"],
+        json_path=json_path,
+        html=html,
+        device=device,
+        dtype=dtype,
+        server=server,
+        console=_console(),
+    )
 
 
 def _candidates(
@@ -174,6 +244,10 @@ def dist(
     model: Models = None,
     prompt: PromptText = None,
     prompt_file: PromptFile = None,
+    prompts_file: PromptsFile = None,
+    template: Template = None,
+    store_path: SetStore = None,
+    resume: Resume = False,
     chat: Chat = False,
     system: System = None,
     prefill: Prefill = "",
@@ -206,6 +280,15 @@ def dist(
     with user_errors():
         from modescope.models import DEFAULT_MODELS
         from modescope.probes.distribution import check_temperature
+
+        set_args = (prompts_file, prompt, prompt_file, template, store_path, resume)
+        if _prompt_set_given(*set_args):
+            cands = _candidates(integers, choices, choices_file, max_candidates)
+            keys: dict[str, Any] = {"leading_space": leading_space.value, "tokenizations": tokenizations.value}
+            keys |= {"temperature": temperature, "prefill": prefill, "choices": cands}
+            _refuse_in_prompt_set({"--plot": plot is not None, "--top": top != 10, "--batch-size": batch_size != 128})
+            _over_prompt_set("distribution", keys, model, chat, system, json_path, None, device, dtype, locals())
+            return
 
         the_prompt = _prompt(prompt, prompt_file, chat, system, prefill)
         cands = _candidates(integers, choices, choices_file, max_candidates)
@@ -394,6 +477,10 @@ def sample(
     model: Models = None,
     prompt: PromptText = None,
     prompt_file: PromptFile = None,
+    prompts_file: PromptsFile = None,
+    template: Template = None,
+    store_path: SetStore = None,
+    resume: Resume = False,
     chat: Chat = False,
     system: System = None,
     prefill: Prefill = "",
@@ -445,6 +532,28 @@ def sample(
     with user_errors():
         from modescope.models import DEFAULT_MODELS
         from modescope.probes.sampling import sample_models
+
+        set_args = (prompts_file, prompt, prompt_file, template, store_path, resume)
+        if _prompt_set_given(*set_args):
+            keys: dict[str, Any] = {
+                "n": n,
+                "max_tokens": max_tokens,
+                "stop": stop or [],
+                "seed": seed,
+                "prefill": prefill,
+            }
+            keys |= {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
+            keys |= {"typical_p": typical_p, "top_n_sigma": top_n_sigma, "xtc_threshold": xtc_threshold}
+            keys |= {"xtc_probability": xtc_probability, "sampler_order": sampler_order}
+            _refuse_in_prompt_set(
+                {
+                    "--equivalence": equivalence != Equivalence.rouge1,
+                    "--equivalence-threshold": equivalence_threshold is not None,
+                    "--top-alternatives": top_alternatives != 10,
+                }
+            )
+            _over_prompt_set("sample", keys, model, chat, system, json_path, html, device, dtype, locals())
+            return
 
         the_prompt = _prompt(prompt, prompt_file, chat, system, prefill)
         if n < 1 or n > max_n:
@@ -559,6 +668,10 @@ def temperature_command(
     model: Models = None,
     prompt: PromptText = None,
     prompt_file: PromptFile = None,
+    prompts_file: PromptsFile = None,
+    template: Template = None,
+    store_path: SetStore = None,
+    resume: Resume = False,
     chat: Chat = False,
     temperature: Annotated[
         list[float] | None, typer.Option("--temperature", help="Temperature of the sweep; repeat.")
@@ -588,6 +701,14 @@ def temperature_command(
     with user_errors():
         from modescope.models import DEFAULT_MODELS
         from modescope.probes import temperature as probe
+
+        set_args = (prompts_file, prompt, prompt_file, template, store_path, resume)
+        if _prompt_set_given(*set_args):
+            keys: dict[str, Any] = {"temperatures": temperature, "n": n, "max_tokens": max_tokens, "seed": seed}
+            keys |= {"integers": integers, "choices": choices, "tokenizations": tokenizations.value}
+            _refuse_in_prompt_set({"--plot": plot is not None})
+            _over_prompt_set("temperature", keys, model, chat, None, json_path, None, device, dtype, locals())
+            return
 
         the_prompt = _prompt(prompt, prompt_file, chat)
         temperatures = temperature or list(probe.DEFAULT_TEMPERATURES)
@@ -672,6 +793,10 @@ def attractor(
     model: Models = None,
     prompt: PromptText = None,
     prompt_file: PromptFile = None,
+    prompts_file: PromptsFile = None,
+    template: Template = None,
+    store_path: SetStore = None,
+    resume: Resume = False,
     chat: Chat = False,
     edit: Annotated[
         list[str] | None, typer.Option("--edit", help="I:J:TEXT replaces characters I..J of the completion; repeat.")
@@ -703,6 +828,21 @@ def attractor(
     with user_errors():
         from modescope.models import DEFAULT_MODELS
         from modescope.probes.attractors import AttractorPlan, Edit, attractor_experiment
+
+        set_args = (prompts_file, prompt, prompt_file, template, store_path, resume)
+        if _prompt_set_given(*set_args):
+            keys: dict[str, Any] = {
+                "edits": edit or [],
+                "swap_positions": swap_positions,
+                "alternatives": alternatives,
+            }
+            keys |= {"detours": detour or [], "max_tokens": max_tokens, "criterion": ending.value}
+            keys |= {"threshold": threshold, "seed": seed}
+            _refuse_in_prompt_set(
+                {"--position": bool(position), "--detour-tokens": detour_tokens != 3, "--plot": bool(plot)}
+            )
+            _over_prompt_set("attractor", keys, model, chat, None, json_path, html, device, dtype, locals())
+            return
 
         the_prompt = _prompt(prompt, prompt_file, chat)
         plan = AttractorPlan(
@@ -773,6 +913,10 @@ def forks(
     model: Models = None,
     prompt: PromptText = None,
     prompt_file: PromptFile = None,
+    prompts_file: PromptsFile = None,
+    template: Template = None,
+    store_path: SetStore = None,
+    resume: Resume = False,
     chat: Chat = False,
     samples: Annotated[int, typer.Option(help="Continuations sampled per alternative token.")] = 8,
     threshold: Annotated[float, typer.Option(help="Alternatives at or above this probability are followed.")] = 0.05,
@@ -795,6 +939,18 @@ def forks(
     with user_errors():
         from modescope.models import DEFAULT_MODELS
         from modescope.probes.forks import forking_tokens
+
+        set_args = (prompts_file, prompt, prompt_file, template, store_path, resume)
+        if _prompt_set_given(*set_args):
+            keys: dict[str, Any] = {
+                "samples": samples,
+                "threshold": threshold,
+                "max_alternatives": max_alternatives,
+            }
+            keys |= {"max_tokens": max_tokens, "outcome_regex": outcome_regex, "seed": seed}
+            _refuse_in_prompt_set({"--top": top != 5})
+            _over_prompt_set("forks", keys, model, chat, None, json_path, html, device, dtype, locals())
+            return
 
         the_prompt = _prompt(prompt, prompt_file, chat)
         _prepare_output(json_path, "--json")
@@ -845,6 +1001,10 @@ def multiverse(
     model: Models = None,
     prompt: PromptText = None,
     prompt_file: PromptFile = None,
+    prompts_file: PromptsFile = None,
+    template: Template = None,
+    store_path: SetStore = None,
+    resume: Resume = False,
     chat: Chat = False,
     system: System = None,
     prefill: Prefill = "",
@@ -875,6 +1035,21 @@ def multiverse(
     with user_errors():
         from modescope.models import DEFAULT_MODELS
         from modescope.probes.multiverse import ExpansionOptions
+
+        set_args = (prompts_file, prompt, prompt_file, template, store_path, resume)
+        if _prompt_set_given(*set_args):
+            keys: dict[str, Any] = {
+                "prefix": prefix,
+                "depth": depth,
+                "cutoff": cutoff,
+                "max_nodes": max_nodes,
+                "merge": merge,
+            }
+            keys["prefill"] = prefill
+            unsupported = {"--no-stop-at-eos": not stop_at_eos, "--zoom": bool(zoom), "--svg": bool(svg)}
+            _refuse_in_prompt_set(unsupported | {"--png": bool(png), "--no-cache": not cache})
+            _over_prompt_set("multiverse", keys, model, chat, system, json_path, html, device, dtype, locals())
+            return
 
         options = ExpansionOptions(depth, cutoff, max_nodes, merge, stop_at_eos)
         options.check()  # before any model is loaded

@@ -675,8 +675,14 @@ def distribution(
 ) -> DistributionResult:
     """Exact distribution of each model over `candidates` after `prompt`, and pairwise divergences.
 
-    `progress(model, done, total)` reports tree nodes forwarded per model.
+    `progress(model, done, total)` reports tree nodes forwarded per model. A list of prompts gives a
+    `PromptSetResult` instead: every prompt's distributions and the aggregates over the prompts.
     """
+    if isinstance(prompt, list | tuple):
+        from modescope.probes.prompt_set import over_prompts
+
+        settings = {"choices": list(candidates), "leading_space": leading_space, "tokenizations": tokenizations}
+        return over_prompts("distribution", models, prompt, temperature=temperature, **settings)  # type: ignore[return-value]
     backends = [models] if isinstance(models, Backend) else list(models)
     if not backends:
         raise ModescopeError("no model given; name at least one model")

@@ -87,7 +87,18 @@ def run_distribution(ctx: ProbeContext, probe: schema.DistributionProbe) -> Prob
 def _sampler_of(probe: schema.SampleProbe) -> Any:
     from modescope.engine.samplers import SamplerSettings
 
-    return SamplerSettings.make(temperature=probe.temperature, top_p=probe.top_p, top_k=probe.top_k, min_p=probe.min_p)
+    chain = {"order": tuple(probe.sampler_order)} if probe.sampler_order else {}
+    return SamplerSettings.make(
+        temperature=probe.temperature,
+        top_p=probe.top_p,
+        top_k=probe.top_k,
+        min_p=probe.min_p,
+        typical_p=probe.typical_p,
+        top_n_sigma=probe.top_n_sigma,
+        xtc_threshold=probe.xtc_threshold,
+        xtc_probability=probe.xtc_probability,
+        **chain,
+    )
 
 
 def _sample_output(result: Any) -> ProbeOutput:

@@ -88,14 +88,28 @@ def plan_suite(
     probe for the cache. `tokenizer`, `max_concurrency` and `max_logprobs` are the command line's settings
     for the models behind a server (see `ServerOptions`); given, they override the suite's keys. Fails
     before any model is loaded."""
-    from modescope.server_options import ServerOptions
-
     suite, path, text = schema.load_suite(name_or_path)
     entries = [schema.ModelEntry(name=m) for m in models] if models else list(suite.models)
+    return plan_entries(suite, path.parent, text, entries, tokenizer, max_concurrency, max_logprobs)
+
+
+def plan_entries(
+    suite: schema.Suite,
+    folder: Path,
+    text: str,
+    entries: list[schema.ModelEntry],
+    tokenizer: Sequence[str] | None = None,
+    max_concurrency: int | None = None,
+    max_logprobs: int | None = None,
+    min_models: int = 2,
+) -> SuitePlan:
+    """The plan of a validated suite (its files relative to `folder`) on these model entries."""
+    from modescope.server_options import ServerOptions
+
     server = ServerOptions.resolve(tokenizer, max_concurrency, max_logprobs, [e.load_name for e in entries])
     entries = [e.model_copy(update=server.for_model(e.load_name)) for e in entries]
     _check_server_keys(entries)
-    if len(entries) < 2:  # a suite compares models (a base and its tuned sibling, typically)
+    if len(entries) < min_models:  # a suite compares models (a base and its tuned sibling, typically)
         given = ", ".join(e.name for e in entries) or "none"
         raise ModescopeError(
             f"suite '{suite.name}' needs at least two models to compare (got {given}); "
@@ -112,9 +126,9 @@ def plan_suite(
         if not chosen:
             raise ModescopeError(f"probe '{probe.name}' has none of the run's models ({', '.join(names)})")
         if probe.is_prompt_set:
-            item = _plan_prompt_set(suite, probe, path.parent, chosen, identities)
+            item = _plan_prompt_set(suite, probe, folder, chosen, identities)
         else:
-            item = PlannedProbe(probe, schema.render_prompt(suite, probe, path.parent), chosen)
+            item = PlannedProbe(probe, schema.render_prompt(suite, probe, folder), chosen)
             item.cache_key = _cache_key(item, identities)
         planned.append(item)
     prompts = {p.probe.name: p.prompt if p.prompts is None else _set_text(p.prompts) for p in planned}
@@ -276,8 +290,6 @@ def _run_prompt_set(
 ) -> tuple[ProbeOutput | None, bool]:
     """Store every missing unit of a prompt-set probe, then its aggregate over the prompts: (aggregate,
     whether it came from the cache), or (None, False) when units failed (they stay missing for --resume)."""
-    from modescope.suites.aggregate import aggregate
-
     name, total = item.probe.name, len(item.units)
     cached = None if recompute else store.cached(item.cache_key)
     if cached is not None:
@@ -314,6 +326,8 @@ def _run_prompt_set(
     executor.run(batches, ExecutorEvents(deliver, fail, events.probe_progress))
     if failures:
         return None, False
+    from modescope.suites.aggregate import aggregate
+
     units = store.units(run_id, name, with_artifacts=True)
     return aggregate(item.probe.kind, [e.name for e in item.models], units), reused == total and not recompute
 

@@ -43,7 +43,7 @@ import re
 import string
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -101,7 +101,6 @@ class ModelEntry(Strict):
 
 SERVER_KEYS = ("tokenizer", "max_concurrency", "max_logprobs")
 OPTIONAL_KEYS = (*SERVER_KEYS, "num_cpus", "num_gpus")
-PROMPT_SET_KEYS = ("prompts_file", "prompts", "template")
 
 
 class ProbeBase(Strict):
@@ -136,11 +135,15 @@ class ProbeBase(Strict):
             raise ValueError("template wraps the prompts of a prompt set (prompts_file or prompts); put it in prompt")
         return self
 
+    # keys added after suites were in use: left out while they hold their default, so the suites without them
+    # keep their hashes and cache keys (like ModelEntry's server keys)
+    later_keys: ClassVar[tuple[str, ...]] = ("prompts_file", "prompts", "template")
+
     @model_serializer(mode="wrap")
-    def _drop_unset_prompt_set_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # like ModelEntry's server keys: suites without prompt sets keep the hashes they had before
+    def _drop_later_keys_at_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        return {k: v for k, v in data.items() if k not in PROMPT_SET_KEYS or v is not None}
+        fields = type(self).model_fields
+        return {k: v for k, v in data.items() if k not in self.later_keys or getattr(self, k) != fields[k].default}
 
     @property
     def is_prompt_set(self) -> bool:
@@ -184,8 +187,22 @@ class SampleProbe(ProbeBase):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0)
     min_p: float = Field(0.0, ge=0, lt=1)
+    typical_p: float = Field(1.0, gt=0, le=1)
+    top_n_sigma: float | None = Field(None, gt=0)
+    xtc_threshold: float = Field(0.1, ge=0, le=1)
+    xtc_probability: float = Field(0.0, ge=0, le=1)
+    sampler_order: list[str] | None = None  # the samplers' order (default: modescope's)
     seed: int = 0
     stop: list[str] = Field(default_factory=list)
+
+    later_keys: ClassVar[tuple[str, ...]] = (
+        *ProbeBase.later_keys,
+        "typical_p",
+        "top_n_sigma",
+        "xtc_threshold",
+        "xtc_probability",
+        "sampler_order",
+    )
 
 
 class TemperatureProbe(ProbeBase, Candidates):

@@ -1,0 +1,108 @@
+"""Any probe over a prompt set from Python, with the aggregates a suite stores:
+
+    import modescope as ms
+    models = [ms.load("gemma-3-270m"), ms.load("smollm2-135m-instruct")]
+    result = ms.over_prompts("sample", models, ms.prompt_set("open-ended"), n=8, max_tokens=32)
+    result.aggregate["pairs"]    # paired differences of every metric over the prompts
+    result.to_pandas()           # one row per prompt, model and metric
+
+`distribution` and `sample_models` also take a list of prompts where one prompt goes, and then return this
+result. Each prompt's output is exactly what the probe gives for that prompt and model alone; sampling packs
+many prompts into one decode batch (the same samples as one prompt at a time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from modescope.errors import ModescopeError
+from modescope.models.base import Backend
+from modescope.store import ProbeOutput, StoredUnit, UnitRecord
+from modescope.suites.prompt_sets import PromptItem, from_list, load_prompts_file
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+PromptsLike = Sequence[str | dict[str, Any] | PromptItem]
+
+
+@dataclass
+class PromptSetResult:
+    """A probe over a prompt set: each (prompt, model) output, and the aggregate over the prompts."""
+
+    kind: str
+    models: list[str]
+    prompts: list[PromptItem]
+    units: list[StoredUnit]  # prompt by prompt, the models in order
+    output: ProbeOutput  # the aggregate: metrics, payload (per model, pairs, most different), figures
+
+    @property
+    def aggregate(self) -> dict[str, Any]:
+        return self.output.payload
+
+    def unit(self, prompt_id: str, model: str) -> ProbeOutput:
+        """One prompt's output for one model."""
+        for unit in self.units:
+            if unit.record.prompt_id == prompt_id and unit.record.model == model:
+                return unit.output
+        raise ModescopeError(f"no prompt {prompt_id!r} with model {model!r} in this result")
+
+    def to_pandas(self) -> pd.DataFrame:
+        """Every per-prompt metric: prompt, model, metric, value."""
+        import pandas as pd
+
+        rows = [
+            (u.record.prompt_id, m.model, m.name, m.value)
+            for u in self.units
+            for m in u.output.metrics
+            if m.value is not None
+        ]
+        return pd.DataFrame.from_records(rows, columns=["prompt", "model", "metric", "value"])
+
+
+def prompt_set(name_or_path: str | Path) -> list[PromptItem]:
+    """A prompt set from a .jsonl/.txt file or a built-in set's name (`open-ended`)."""
+    return load_prompts_file(name_or_path)
+
+
+def over_prompts(
+    kind: str,
+    models: Backend | Sequence[Backend],
+    prompts: PromptsLike,
+    **settings: Any,
+) -> PromptSetResult:
+    """The probe `kind` (distribution, sample, temperature, attractor, forks, multiverse) with the settings a
+    suite probe of that kind takes (e.g. n=8, max_tokens=32; integers=(0, 100)) on every prompt and model."""
+    from modescope.suites import schema
+    from modescope.suites.aggregate import aggregate
+    from modescope.suites.kinds import prompts_per_batch, run_prompts
+
+    backends = [models] if isinstance(models, Backend) else list(models)
+    names = [b.name for b in backends]
+    if not backends or len(set(names)) != len(names):
+        raise ModescopeError("give one or more models, each once")
+    items = from_list(prompts)
+    try:
+        probe = schema.Suite.model_validate(
+            {"name": "python", "probes": [{"name": kind, "kind": kind, "prompts": ["-"], **settings}]}
+        ).probes[0]
+    except ValidationError as exc:
+        raise ModescopeError(f"{kind}: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
+    outputs: dict[str, list[ProbeOutput]] = {}
+    size = prompts_per_batch(probe)
+    for backend in backends:
+        outputs[backend.name] = []
+        for start in range(0, len(items), size):
+            texts = [p.text for p in items[start : start + size]]
+            outputs[backend.name] += run_prompts(backend, probe, texts, lambda message: None)
+    units = [
+        StoredUnit(UnitRecord(kind, p.id, name, k, p.text, p.meta, ""), outputs[name][k], 0.0, False)
+        for k, p in enumerate(items)
+        for name in names
+    ]
+    return PromptSetResult(kind, names, items, units, aggregate(kind, names, units))
