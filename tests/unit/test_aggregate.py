@@ -77,6 +77,14 @@ def test_unmeasured_values_are_skipped_pairwise() -> None:
     assert "top1" not in names and "stray" not in names  # text-only, and another model's metric
 
 
+def test_a_unit_whose_backend_kept_another_name_still_counts() -> None:
+    units = hand_units()
+    renamed = units[1]  # tuned on p1, its metrics named by its backend
+    metrics = [Metric("toy:tuned", m.name, m.value) for m in renamed.output.metrics if m.model == "tuned"]
+    units[1] = StoredUnit(renamed.record, ProbeOutput(metrics, {}, {}), 0.0, False)
+    assert metric(aggregate("sample", ["base", "tuned"], units), "tuned", "score") == 4.0
+
+
 def test_payload_shape_and_strict_json() -> None:
     failed = [{"probe": "probe", "prompt_id": "p6", "model": "tuned", "error": "boom", "attempts": 3}]
     output = aggregate("sample", ["base", "tuned"], hand_units(), failed)

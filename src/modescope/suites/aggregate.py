@@ -88,9 +88,16 @@ def _group(models: Sequence[str], units: Sequence[StoredUnit]) -> list[PromptUni
     return list(by_id.values())
 
 
+def _own_model(unit: StoredUnit) -> str:
+    """The name the unit's output gives its model: the unit's, or else the only one it names (a backend
+    that kept its own name rather than its suite entry's)."""
+    named = {m.model for m in unit.output.metrics}
+    return next(iter(named)) if len(named) == 1 and unit.record.model not in named else unit.record.model
+
+
 def _own_numbers(unit: StoredUnit) -> dict[str, float]:
     """The unit's numeric metrics of its own model (a text-only metric such as top1 has no value)."""
-    own = unit.record.model
+    own = _own_model(unit)
     return {m.name: float(m.value) for m in unit.output.metrics if m.model == own and m.value is not None}
 
 
@@ -112,7 +119,9 @@ def _outcome_logprobs(unit: StoredUnit) -> tuple[list[str], np.ndarray] | None:
     """A distribution unit's candidates and log-probabilities within the set (from its stored result)."""
     from modescope.metrics import normalize_log
 
-    results = [r for r in unit.output.payload.get("results", []) if r.get("model") == unit.record.model]
+    results = unit.output.payload.get("results", [])
+    if len(results) != 1:  # one model's unit: its one result, whatever name the backend gave it
+        results = [r for r in results if r.get("model") == unit.record.model]
     if not results:
         return None
     outcomes = results[0].get("outcomes", [])
