@@ -97,7 +97,7 @@ def test_payload_shape_and_strict_json() -> None:
     assert third["metrics"]["base"] == {"score": 7.0, "length": None}
     assert payload["per_model"]["tuned"]["score"] == {"mean": 4.0, "low": pytest.approx(2.8), "high": 5.2, "n": 5}
     pair = payload["pairs"][0]
-    assert (pair["a"], pair["b"], pair["divergences"]) == ("base", "tuned", {})
+    assert (pair["a"], pair["b"], pair["comparisons"]) == ("base", "tuned", {})
     assert set(pair["metrics"]["score"]) == {"mean", "low", "high", "n", "wilcoxon_p", "a_higher", "b_higher", "ties"}
     assert payload["failed"] == failed
     assert output.notes == ["1 unit(s) failed and are left out of the statistics"]
@@ -222,7 +222,7 @@ def test_distribution_divergences_per_prompt_match_the_two_model_probe() -> None
     json.dumps(payload, allow_nan=False)
     for k, both in enumerate(joint):
         comparison = both.comparisons[0]
-        found = payload["prompts"][k]["divergences"]["toy:base vs toy:tuned"]
+        found = payload["prompts"][k]["comparisons"]["toy:base vs toy:tuned"]
         assert found["js_bits"] == pytest.approx(comparison.js_bits, abs=1e-9)
         assert found["tv"] == pytest.approx(comparison.tv, abs=1e-9)
     pair = "toy:base vs toy:tuned"

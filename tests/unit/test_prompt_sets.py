@@ -268,3 +268,45 @@ def test_python_takes_a_list_of_prompts_where_one_prompt_goes() -> None:
     assert isinstance(dist, ms.PromptSetResult)
     table = dist.to_pandas()
     assert set(table["prompt"]) == {"1", "2"} and set(table["model"]) == {"toy:base", "toy:tuned"}
+
+
+def test_a_temperature_prompt_set_fits_tau_per_prompt_in_pair_units(tmp_path: Path) -> None:
+    suite = tmp_path / "t.toml"
+    suite.write_text(
+        """
+name = "temps"
+[[models]]
+name = "toy:base"
+[[models]]
+name = "toy:tuned"
+[[probes]]
+name = "temp"
+kind = "temperature"
+prompts = ["Q: a number?\\nA:", "Number:"]
+temperatures = [0.5, 1.0]
+n = 3
+max_tokens = 3
+integers = [0, 12]
+""",
+        encoding="utf-8",
+    )
+    plan = plan_suite(str(suite))
+    models = [u.model for u in plan.probes[0].units]
+    assert models == ["toy:base", "toy:tuned", "toy:base → toy:tuned"] * 2
+    with Store(tmp_path / "store") as store:
+        run_id = run_suite(plan, store, executor=counting())
+        output = store.probe_output(run_id, "temp")
+        pair_units = [u for u in store.units(run_id, "temp") if u.record.model == "toy:base → toy:tuned"]
+    # each prompt's pair unit holds the fits the one-prompt probe computes for that pair
+    base, tuned = ms.load("toy:base"), ms.load("toy:tuned")
+    from modescope.probes.temperature import outcome_level_fits, token_level_fits
+
+    for unit in pair_units:
+        fits = token_level_fits(base, tuned, unit.record.prompt, n=3, max_tokens=16, seed=0)
+        fits += outcome_level_fits(base, tuned, unit.record.prompt, ms.integers(0, 12))
+        assert [f["tau"] for f in unit.output.payload["fits"]] == pytest.approx([f.tau for f in fits])
+    # the aggregate: τ* per prompt, averaged over the prompts as a comparison of the pair
+    (pair,) = output.payload["pairs"]
+    taus = [u.output.payload["fits"][0]["tau"] for u in pair_units]
+    assert pair["comparisons"]["tau_star_token"]["mean"] == pytest.approx(sum(taus) / len(taus))
+    assert "tau_star_outcome (reverse)" in pair["comparisons"]

@@ -65,7 +65,9 @@ class Table:
     prompts: list[PromptUnits]
     names: list[str]  # numeric per-model metrics, in the order the units report them
     values: dict[str, dict[str, np.ndarray]]  # model -> metric -> one value per prompt
-    divergences: dict[tuple[str, str], dict[str, np.ndarray]]  # (a, b) -> divergence -> one value per prompt
+    # (a, b) -> a per-prompt comparison of the two (JS divergence and TV of distributions, τ* of temperature
+    # probes) -> one value per prompt
+    comparisons: dict[tuple[str, str], dict[str, np.ndarray]]
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
@@ -111,8 +113,35 @@ def _table(kind: str, models: Sequence[str], units: Sequence[StoredUnit]) -> Tab
     }
     table = Table(kind, list(models), prompts, names, values, {})
     if kind == "distribution":
-        table.divergences = {pair: _divergences(prompts, *pair) for pair in table.pairs}
+        table.comparisons = {pair: _divergences(prompts, *pair) for pair in table.pairs}
+    else:
+        found = {pair: _pair_unit_values(prompts, units, *pair) for pair in table.pairs}
+        table.comparisons = {pair: values for pair, values in found.items() if values}
     return table
+
+
+def _pair_unit_values(
+    prompts: Sequence[PromptUnits], units: Sequence[StoredUnit], a: str, b: str
+) -> dict[str, np.ndarray]:
+    """The numbers of the pair units "a → b" (what a kind compares between two models on each prompt, such
+    as the temperature probe's τ*), one per prompt; a number about the reverse direction gets " (reverse)"."""
+    from modescope.suites.kinds import pair_label
+
+    label = pair_label(a, b)
+    by_prompt = {u.record.prompt_id: u for u in units if u.record.model == label}
+    rows: list[dict[str, float]] = []
+    for prompt in prompts:
+        unit = by_prompt.get(prompt.id)
+        metrics = unit.output.metrics if unit is not None else []
+        rows.append(
+            {
+                m.name if m.model == label else f"{m.name} (reverse)": float(m.value)
+                for m in metrics
+                if m.value is not None
+            }
+        )
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return {name: np.array([row.get(name, math.nan) for row in rows], dtype=np.float64) for name in names}
 
 
 def _outcome_logprobs(unit: StoredUnit) -> tuple[list[str], np.ndarray] | None:
@@ -165,14 +194,14 @@ def aggregate(
     pair): metrics (see `_metrics`), `metrics.png`, `prompts.html` and the payload
 
         {"kind", "models", "metric_names", "headlines",
-         "prompts": [{"id", "prompt", "meta", "metrics": {model: {M: value}}, "divergences": {"a vs b": {D: value}}}],
+         "prompts": [{"id", "prompt", "meta", "metrics": {model: {M: value}}, "comparisons": {"a vs b": {D: value}}}],
          "per_model": {model: {M: {"mean", "low", "high", "n"}}},
          "pairs": [{"a", "b", "metrics": {M: {"mean", "low", "high", "n", "wilcoxon_p", "a_higher", "b_higher",
-                    "ties"}}, "divergences": {D: {"mean", "low", "high", "n"}}}],
+                    "ties"}}, "comparisons": {D: {"mean", "low", "high", "n"}}}],
          "most_different": [{"a", "b", "metric", "by", "prompts": [{"id", "a", "b", "diff", "score"}]}],
          "failed": failed}
 
-    with None for what was not measured (strict JSON); "divergences" (D: js_bits, tv) only for distribution
+    with None for what was not measured (strict JSON); "comparisons" (D: js_bits, tv) only for distribution
     probes. `failed` lists the units given up on (as `Store.failures` gives them); they are left out of the
     statistics, kept in the payload and listed on the page."""
     table = _table(kind, models, units)
@@ -196,11 +225,11 @@ def _statistics(table: Table) -> tuple[dict[str, dict[str, Any]], list[dict[str,
     by_pair: dict[tuple[str, str], dict[str, Any]] = {p: {} for p in table.pairs}
     for (a, b, name), difference in zip(compared, differences, strict=True):
         by_pair[(a, b)][name] = difference.to_dict()
-    found = [(pair, name, v) for pair, by_name in table.divergences.items() for name, v in by_name.items()]
-    divergences: dict[tuple[str, str], dict[str, Any]] = {p: {} for p in table.pairs}
+    found = [(pair, name, v) for pair, by_name in table.comparisons.items() for name, v in by_name.items()]
+    comparisons: dict[tuple[str, str], dict[str, Any]] = {p: {} for p in table.pairs}
     for (pair, name, _), estimate in zip(found, bootstrap_means([v for _, _, v in found]), strict=True):
-        divergences[pair][name] = estimate.to_dict()
-    pairs = [{"a": a, "b": b, "metrics": by_pair[(a, b)], "divergences": divergences[(a, b)]} for a, b in table.pairs]
+        comparisons[pair][name] = estimate.to_dict()
+    pairs = [{"a": a, "b": b, "metrics": by_pair[(a, b)], "comparisons": comparisons[(a, b)]} for a, b in table.pairs]
     return per_model, pairs
 
 
@@ -237,10 +266,10 @@ def _prompt_entry(table: Table, k: int) -> dict[str, Any]:
             if model in prompt.units
         },
     }
-    if table.divergences:
-        entry["divergences"] = {
+    if table.comparisons:
+        entry["comparisons"] = {
             pair_label(a, b): {name: _number(values[k]) for name, values in found.items()}
-            for (a, b), found in table.divergences.items()
+            for (a, b), found in table.comparisons.items()
         }
     return entry
 
@@ -249,13 +278,13 @@ def _most_different(table: Table, a: str, b: str, headline: str | None) -> dict[
     """The prompts where b and a differ most: by JS divergence for distributions (two distributions can
     differ while a summary number agrees), else by |b - a| of the headline metric. Prompts that do not
     differ at all are not listed."""
-    by = "js_bits" if (a, b) in table.divergences else headline
+    by = "js_bits" if "js_bits" in table.comparisons.get((a, b), {}) else headline
     entry: dict[str, Any] = {"a": a, "b": b, "metric": headline, "by": by, "prompts": []}
     if by is None:
         return entry
     empty = np.full(len(table.prompts), math.nan)
     first, second = (table.values[m][headline] if headline else empty for m in (a, b))
-    scores = table.divergences[(a, b)]["js_bits"] if by == "js_bits" else np.abs(second - first)
+    scores = table.comparisons[(a, b)]["js_bits"] if by == "js_bits" else np.abs(second - first)
     ranked = np.argsort(-np.nan_to_num(scores, nan=-1.0), kind="stable")  # stable: ties keep the set's order
     for k in [int(k) for k in ranked if scores[k] > 0][:MOST_DIFFERENT]:
         entry["prompts"].append(
@@ -286,7 +315,7 @@ def _metrics(payload: dict[str, Any]) -> list[Metric]:
         for name, d in pair["metrics"].items():
             for suffix, key in PAIR_METRICS:
                 found.append(Metric(label, f"{name}.{suffix}", None if d[key] is None else float(d[key])))
-        for name, e in pair["divergences"].items():
+        for name, e in pair["comparisons"].items():
             found += [Metric(label, name, e["mean"]), Metric(label, f"{name}.ci_low", e["low"])]
             found.append(Metric(label, f"{name}.ci_high", e["high"]))
     return found
@@ -446,7 +475,7 @@ def _paired_tables(payload: dict[str, Any]) -> str:
                 cells += f"<td>{_e(_interval(d))}</td><td>{_e(_p(d['wilcoxon_p']))}</td>"
                 cells += f"<td>{_e(verdict(pair['a'], pair['b'], d))}</td>"
             rows.append(f"<tr><td>{_e(name)}</td>{cells}</tr>")
-        for name, e in (pair or {}).get("divergences", {}).items():
+        for name, e in (pair or {}).get("comparisons", {}).items():
             span = len(shown) + 3
             text = f"{name} between the two distributions, mean over prompts [95% CI]: {_interval(e)}"
             rows.append(f'<tr><td>{_e(name)}</td><td colspan="{span}">{_e(text)}</td></tr>')
@@ -495,7 +524,7 @@ def _prompts_table(payload: dict[str, Any]) -> str:
     pairs = [(p["a"], p["b"]) for p in payload["pairs"]]
     head = ["id", *keys, "prompt", *(f"{m}: {h}" for h in heads for m in models)]
     head += [f"{b} − {a}: {heads[0]}" for a, b in pairs] if heads else []
-    compared = [(a, b) for a, b in pairs if "divergences" in prompts[0]] if prompts else []
+    compared = [(a, b) for a, b in pairs if "comparisons" in prompts[0]] if prompts else []
     head += [f"{pair_label(a, b)}: {d}" for a, b in compared for d in DIVERGENCES]
     rows = []
     for k, p in enumerate(prompts):
@@ -508,7 +537,7 @@ def _prompts_table(payload: dict[str, Any]) -> str:
             first, second = value[a].get(heads[0]), value[b].get(heads[0])
             cells.append(_number_cell(second - first if first is not None and second is not None else None))
         for a, b in compared:
-            found = p.get("divergences", {}).get(pair_label(a, b), {})
+            found = p.get("comparisons", {}).get(pair_label(a, b), {})
             cells += [_number_cell(found.get(d)) for d in DIVERGENCES]
         rows.append(f'<tr data-index="{k}" tabindex="0">{"".join(cells)}</tr>')
     header = "".join(f'<th title="sort">{_e(h)}</th>' for h in head)
@@ -737,7 +766,7 @@ def print_aggregate(payload: dict[str, Any], console: Console) -> None:
             paired.add_column(escape(column), justify="left" if column in ("metric", "prompts") else "right")
         for name, d in pair["metrics"].items():
             paired.add_row(*map(escape, (name, _interval(d), _p(d["wilcoxon_p"]), verdict(a, b, d))))
-        for name, e in pair["divergences"].items():
+        for name, e in pair["comparisons"].items():
             paired.add_row(escape(name), escape(_interval(e)), "", "between the two distributions, mean over prompts")
         console.print(paired)
     if payload["failed"]:

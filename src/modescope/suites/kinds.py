@@ -152,30 +152,73 @@ def run_temperature(ctx: ProbeContext, probe: schema.TemperatureProbe) -> ProbeO
     )
     fits: list[tp.TemperatureFit] = []
     notes: list[str] = []
-    candidates = probe.values()
     # "is it just temperature?": at the token level for every pair that shares a tokenizer; at the outcome
     # level (any tokenizers) between the first model, the base, and each of the others
     for i, base in enumerate(ctx.backends):
         for tuned in ctx.backends[i + 1 :]:
-            if tp.same_tokenizer(base, tuned):
-                ctx.progress(f"token-level τ*: {base.name} → {tuned.name}")
-                length = max(16, probe.max_tokens)
-                fits += tp.token_level_fits(base, tuned, ctx.prompt, n=probe.n, max_tokens=length, seed=probe.seed)
-            else:
-                notes.append(f"token-level test skipped for {base.name} / {tuned.name}: different tokenizers")
-            if candidates is not None and i == 0:
-                ctx.progress(f"outcome-level τ*: {base.name} → {tuned.name}")
-                fits += tp.outcome_level_fits(base, tuned, ctx.prompt, candidates, tokenizations=probe.tokenizations)
+            found, note = _temperature_fits(base, tuned, ctx.prompt, probe, i == 0, ctx.progress)
+            fits += found
+            notes += note
     metrics = []
     for point in sweep.points:
         for name in ("mean_entropy_bits", "distinct_2", "self_bleu"):
             metrics.append(Metric(point.model, f"{name} @T={point.temperature:g}", _number(point.metrics.get(name))))
-    for fit in fits:
-        pair = f"{fit.source} → {fit.target}"
-        metrics.append(Metric(pair, f"tau_star_{fit.form}", _number(fit.tau)))
-        metrics.append(Metric(pair, f"explained_{fit.form}", _number(fit.explained)))
+    metrics += _fit_metrics(fits)
     figure = _png(lambda path: plot_temperature(sweep, fits, path))
     return ProbeOutput(metrics, tp.report_dict(sweep, fits), {"temperature.png": figure}, notes)
+
+
+def _temperature_fits(
+    base: Backend, tuned: Backend, prompt: str, probe: schema.TemperatureProbe, with_outcomes: bool, progress: Progress
+) -> tuple[list[Any], list[str]]:
+    """τ* between two models on one prompt: token level when they share a tokenizer, outcome level when the
+    probe has candidates and `with_outcomes` (the base is the suite's first model)."""
+    from modescope.probes import temperature as tp
+
+    fits, notes = [], []
+    if tp.same_tokenizer(base, tuned):
+        progress(f"token-level τ*: {base.name} → {tuned.name}")
+        length = max(16, probe.max_tokens)
+        fits += tp.token_level_fits(base, tuned, prompt, n=probe.n, max_tokens=length, seed=probe.seed)
+    else:
+        notes.append(f"token-level test skipped for {base.name} / {tuned.name}: different tokenizers")
+    candidates = probe.values()
+    if candidates is not None and with_outcomes:
+        progress(f"outcome-level τ*: {base.name} → {tuned.name}")
+        fits += tp.outcome_level_fits(base, tuned, prompt, candidates, tokenizations=probe.tokenizations)
+    return fits, notes
+
+
+def _fit_metrics(fits: list[Any]) -> list[Metric]:
+    metrics = []
+    for fit in fits:
+        pair = pair_label(fit.source, fit.target)
+        metrics.append(Metric(pair, f"tau_star_{fit.form}", _number(fit.tau)))
+        metrics.append(Metric(pair, f"explained_{fit.form}", _number(fit.explained)))
+    return metrics
+
+
+def pair_label(source: str, target: str) -> str:
+    """How a comparison of two models is named among the metrics (and as a pair unit's model)."""
+    return f"{source} → {target}"
+
+
+def run_pair_prompts(
+    base: Backend, tuned: Backend, probe: Any, prompts: list[str], with_outcomes: bool, progress: Progress
+) -> list[ProbeOutput]:
+    """What a prompt-set probe compares between two models, on each prompt: the temperature probe's τ* fits
+    (both models must be loaded together, so these units run where both are)."""
+    outputs = []
+    for prompt in prompts:
+        fits, notes = _temperature_fits(base, tuned, prompt, probe, with_outcomes, progress)
+        payload = {"prompt": prompt, "fits": [f.to_dict() for f in fits]}
+        outputs.append(ProbeOutput(_fit_metrics(fits), payload, {}, notes))
+    return outputs
+
+
+def compares_pairs(probe: Any) -> bool:
+    """Whether a prompt-set probe of this kind also has units for pairs of models (see run_pair_prompts)."""
+    return probe.kind == "temperature"
 
 
 def run_attractor(ctx: ProbeContext, probe: schema.AttractorProbe) -> ProbeOutput:

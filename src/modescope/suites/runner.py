@@ -22,9 +22,17 @@ import modescope
 from modescope.errors import ModescopeError
 from modescope.store import ProbeOutput, UnitRecord
 from modescope.suites import schema
-from modescope.suites.kinds import ProbeContext, run_probe
+from modescope.suites.kinds import ProbeContext, compares_pairs, pair_label, run_probe
 from modescope.suites.prompt_sets import PromptItem
-from modescope.suites.units import Executor, ExecutorEvents, LocalExecutor, UnitFailure, UnitResult, split_batches
+from modescope.suites.units import (
+    Batch,
+    Executor,
+    ExecutorEvents,
+    LocalExecutor,
+    UnitFailure,
+    UnitResult,
+    split_batches,
+)
 
 if TYPE_CHECKING:
     from modescope.models.base import Backend
@@ -139,15 +147,17 @@ def plan_entries(
 def _plan_prompt_set(
     suite: schema.Suite, probe: Any, folder: Path, models: list[schema.ModelEntry], identities: dict[str, str]
 ) -> PlannedProbe:
-    """A prompt-set probe and its units; each unit is keyed like a one-prompt, one-model probe, and the
-    probe's own key (for its aggregate) covers every unit's."""
+    """A prompt-set probe and its units, one per prompt and model, and for a kind that compares models (the
+    temperature probe's τ*) one per prompt and pair of models too, named "A → B". Each unit is keyed like a
+    one-prompt probe on its model(s), and the probe's own key (for its aggregate) covers every unit's."""
     prompts = schema.render_prompt_set(suite, probe, folder)
     item = PlannedProbe(probe, f"{len(prompts)} prompts", models, prompts=prompts)
+    pairs = [(a, b) for i, a in enumerate(models) for b in models[i + 1 :]] if compares_pairs(probe) else []
     for position, prompt in enumerate(prompts):
-        for entry in models:
-            single = PlannedProbe(probe, prompt.text, [entry])
-            key = _cache_key(single, identities)
-            item.units.append(UnitRecord(probe.name, prompt.id, entry.name, position, prompt.text, prompt.meta, key))
+        for group in [[entry] for entry in models] + [[a, b] for a, b in pairs]:
+            key = _cache_key(PlannedProbe(probe, prompt.text, group), identities)
+            model = pair_label(group[0].name, group[1].name) if len(group) == 2 else group[0].name
+            item.units.append(UnitRecord(probe.name, prompt.id, model, position, prompt.text, prompt.meta, key))
     keys = json.dumps([[u.prompt_id, u.model, u.cache_key] for u in item.units])
     item.cache_key = hashlib.sha256(f"prompt-set|{[e.name for e in models]}|{keys}".encode()).hexdigest()
     return item
@@ -258,13 +268,14 @@ def run_suite(
     else:
         todo = [p for p in plan.probes if p.probe.name not in done]
     pool = ModelPool(device, dtype, events.model_loading)
-    executor = executor or LocalExecutor(pool)
+    local = LocalExecutor(pool)
+    executor = executor or local
     failed = False
     for index, item in enumerate(todo):
         events.probe_started(item.probe.name, index, len(todo))
         started = time.perf_counter()
         if item.prompts is not None:
-            output, cached = _run_prompt_set(item, run_id, store, executor, bool(only), events)
+            output, cached = _run_prompt_set(item, run_id, store, executor, local, bool(only), events)
             if output is None:
                 failed = True
                 continue
@@ -286,7 +297,13 @@ def run_suite(
 
 
 def _run_prompt_set(
-    item: PlannedProbe, run_id: int, store: Store, executor: Executor, recompute: bool, events: RunEvents
+    item: PlannedProbe,
+    run_id: int,
+    store: Store,
+    executor: Executor,
+    local: Executor,
+    recompute: bool,
+    events: RunEvents,
 ) -> tuple[ProbeOutput | None, bool]:
     """Store every missing unit of a prompt-set probe, then its aggregate over the prompts: (aggregate,
     whether it came from the cache), or (None, False) when units failed (they stay missing for --resume)."""
@@ -322,8 +339,19 @@ def _run_prompt_set(
         events.unit_failed(failure)
 
     entries = {e.name: e for e in item.models}
-    batches = [b for model, units in todo.items() for b in split_batches(item.probe, entries[model], units)]
-    executor.run(batches, ExecutorEvents(deliver, fail, events.probe_progress))
+    pairs = {pair_label(a.name, b.name): (a, b) for i, a in enumerate(item.models) for b in item.models[i + 1 :]}
+    first = item.models[0].name
+    batches = [
+        b for model, units in todo.items() if model in entries for b in split_batches(item.probe, entries[model], units)
+    ]
+    together = [
+        Batch(item.probe, pairs[label][0], units, partner=pairs[label][1], first=pairs[label][0].name == first)
+        for label, units in todo.items()
+        if label in pairs
+    ]
+    with_both = ExecutorEvents(deliver, fail, events.probe_progress)
+    executor.run(batches, with_both)
+    local.run(together, with_both)  # pair units need both models in one process: this one
     if failures:
         return None, False
     from modescope.suites.aggregate import aggregate

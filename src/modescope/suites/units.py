@@ -29,6 +29,10 @@ class Batch:
     probe: Any  # a schema probe
     model: schema.ModelEntry
     units: list[UnitRecord]  # each holds its prompt's text
+    # a batch of pair units (what the probe compares between two models) also needs this model, loaded
+    # beside `model`; such batches run in the driver's process (see `runner._run_prompt_set`)
+    partner: schema.ModelEntry | None = None
+    first: bool = False  # whether `model` is the run's first model (the base of outcome-level comparisons)
 
 
 @dataclass
@@ -72,12 +76,19 @@ def split_batches(probe: Any, model: schema.ModelEntry, units: Sequence[UnitReco
     return [Batch(probe, model, list(units[k : k + size])) for k in range(0, len(units), size)]
 
 
-def compute_batch(backend: Backend, batch: Batch, progress: Callable[[str], None]) -> Iterator[UnitResult]:
-    """Run a batch on a model already viewed through the probe's chat settings; yields each unit's result."""
-    from modescope.suites.kinds import run_prompts
+def compute_batch(
+    backend: Backend, batch: Batch, progress: Callable[[str], None], partner: Backend | None = None
+) -> Iterator[UnitResult]:
+    """Run a batch on a model already viewed through the probe's chat settings (and, for pair units, its
+    partner); yields each unit's result."""
+    from modescope.suites.kinds import run_pair_prompts, run_prompts
 
     started = time.perf_counter()
-    outputs = run_prompts(backend, batch.probe, [u.prompt for u in batch.units], progress)
+    prompts = [u.prompt for u in batch.units]
+    if partner is None:
+        outputs = run_prompts(backend, batch.probe, prompts, progress)
+    else:
+        outputs = run_pair_prompts(backend, partner, batch.probe, prompts, batch.first, progress)
     seconds = (time.perf_counter() - started) / max(1, len(batch.units))
     for unit, output in zip(batch.units, outputs, strict=True):
         yield UnitResult(unit, output, seconds)
@@ -93,5 +104,6 @@ class LocalExecutor(Executor):
     def run(self, batches: Sequence[Batch], events: ExecutorEvents) -> None:
         for batch in batches:
             backend = self.pool.view(batch.probe, batch.model)
-            for result in compute_batch(backend, batch, events.progress):
+            partner = self.pool.view(batch.probe, batch.partner) if batch.partner is not None else None
+            for result in compute_batch(backend, batch, events.progress, partner):
                 events.deliver(result)
