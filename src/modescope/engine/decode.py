@@ -7,7 +7,7 @@ batch at once, so finished rows cost nothing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -93,13 +93,55 @@ def generate(
     `sampler` is the full sampler chain; without it, `temperature` alone (0 = greedy). A continuation ends
     at EOS, after the token that completes a stop string (kept in the text), or after `max_tokens`.
     """
+    options = (max_tokens, temperature, sampler, top_k_alternatives, seed, stop)
+    return generate_groups(backend, [prompt], n, *options)[0]
+
+
+def generate_groups(
+    backend: Backend,
+    prompts: Sequence[Sequence[int]],
+    n: int,
+    max_tokens: int = 32,
+    temperature: float = 0.0,
+    sampler: SamplerSettings | None = None,
+    top_k_alternatives: int = 10,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    max_rows: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> list[list[Continuation]]:
+    """n continuations of each prompt (of any lengths), the prompts decoded together: one forward pass per
+    step serves every prompt. Group k equals `generate(backend, prompts[k], n, ..., seed=seed)` run alone,
+    because each prompt's rows draw from their own generator seeded with `seed` (so two equal prompts get
+    equal samples).
+
+    At most `max_rows` rows are decoded at once (every row holds a float64 [vocab] distribution per step):
+    the prompts go in consecutive chunks of max(1, max_rows // n) prompts. `progress` is called after each
+    chunk with the number of prompts done.
+    """
     if n < 1:
         raise ModescopeError(f"n must be at least 1 (got {n})")
+    if max_rows < 1:
+        raise ModescopeError(f"max rows must be at least 1 (got {max_rows})")
     settings = _settings(max_tokens, stop, sampler, temperature)
-    if backend.samples_on_server:
-        return _on_server(backend, [prompt], n, max_tokens, settings, top_k_alternatives, seed, stop)
-    rows, logprobs = backend.start(prompt)
-    return _decode(backend, rows, logprobs.expand(n, -1), True, max_tokens, settings, top_k_alternatives, seed, stop)
+    options = (max_tokens, settings, top_k_alternatives, seed, stop)
+    if backend.samples_on_server:  # the server batches by itself
+        groups = _on_server(backend, prompts, n, *options)
+        if progress:
+            progress(len(groups))
+        return groups
+    groups = []
+    size = max(1, max_rows // n)
+    for first in range(0, len(prompts), size):
+        chunk = prompts[first : first + size]
+        # one prompt goes unpadded, exactly as `generate` always did
+        rows, logprobs = backend.start(chunk[0]) if len(chunk) == 1 else backend.start_many(chunk)
+        starts = [row for row in range(len(chunk)) for _ in range(n)]
+        flat = _decode(backend, rows, logprobs, starts, [n] * len(chunk), *options)
+        groups.extend(flat[k : k + n] for k in range(0, len(flat), n))
+        if progress:
+            progress(len(groups))
+    return groups
 
 
 def generate_many(
@@ -113,69 +155,124 @@ def generate_many(
     stop: Sequence[str] = (),
 ) -> list[Continuation]:
     """Continue each of several prompts (of any lengths) once, all in one batch: one decode call in total,
-    however many prompts (perturbed prefixes of an attractor experiment, say)."""
+    however many prompts (perturbed prefixes of an attractor experiment, say).
+
+    Unlike `generate_groups`, every row draws from one generator seeded with `seed`, so a prompt's sample
+    depends on the prompts beside it."""
     settings = _settings(max_tokens, stop, sampler, temperature)
+    options = (max_tokens, settings, top_k_alternatives, seed, stop)
     if backend.samples_on_server:
-        return _on_server(backend, prompts, 1, max_tokens, settings, top_k_alternatives, seed, stop)
+        return [c for group in _on_server(backend, prompts, 1, *options) for c in group]
     rows, logprobs = backend.start_many(prompts)
-    return _decode(backend, rows, logprobs, False, max_tokens, settings, top_k_alternatives, seed, stop)
+    return _decode(backend, rows, logprobs, list(range(len(prompts))), [len(prompts)], *options)
 
 
 def _decode(
     backend: Backend,
     rows: Rows,
     logprobs: torch.Tensor,
-    fan_out: bool,
+    starts: Sequence[int],
+    blocks: Sequence[int],
     max_tokens: int,
     settings: SamplerSettings,
     top_k_alternatives: int,
     seed: int | None,
     stop: Sequence[str],
 ) -> list[Continuation]:
-    """The decoding loop. With `fan_out`, every continuation starts from the single row of `rows`; else
-    continuation k starts from row k."""
-    n = logprobs.shape[0]
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    """The decoding loop. Continuation c starts from row `starts[c]` of `rows` (nondecreasing). The
+    continuations fall in consecutive blocks of the sizes `blocks`; each block samples from its own generator
+    seeded with `seed`, on its own live rows only, so its draws are those of a decode of that block alone."""
+    generators = [torch.Generator().manual_seed(seed) if seed is not None else None for _ in blocks]
+    block_of = [b for b, size in enumerate(blocks) for _ in range(size)]
     protected = protected_tokens(backend)
-    records: list[list[TokenRecord]] = [[] for _ in range(n)]
-    texts = [""] * n
-    finish = ["length"] * n
-    active = list(range(n))  # the continuation of each current row
+    text_of = _TokenTexts(backend)
+    count = len(starts)
+    records: list[list[TokenRecord]] = [[] for _ in range(count)]
+    texts = [""] * count
+    finish = ["length"] * count
+    active = list(range(count))  # the continuation of each live row, ascending
+    parents = list(starts)  # the row of `logprobs` (and `rows`) each live continuation continues
     for step in range(max_tokens):
-        chosen, sampled = sample(settings, logprobs, generator, protected)
-        entropy = entropy_bits(logprobs)
-        top = logprobs.topk(min(top_k_alternatives, logprobs.shape[-1]), dim=-1) if top_k_alternatives else None
+        chosen: list[TokenRecord] = []
+        for block, first, end in _runs([block_of[c] for c in active]):
+            part = _take(logprobs, parents[first:end])
+            chosen += _choose(part, settings, generators[block], protected, top_k_alternatives, text_of)
         keep: list[int] = []
-        for row, index in enumerate(active):
-            token = int(chosen[row])
-            alternatives = []
-            if top is not None:
-                pairs = zip(top.indices[row].tolist(), top.values[row].tolist(), strict=True)
-                alternatives = [Alternative(i, backend.token_text(i), v) for i, v in pairs]
-            special = token in backend.vocab.special_ids
-            record = TokenRecord(
-                token,
-                backend.token_text(token),
-                float(sampled[row, token]),
-                float(logprobs[row, token]),
-                float(entropy[row]),
-                alternatives,
-                special,
-            )
+        for position, (index, record) in enumerate(zip(active, chosen, strict=True)):
             records[index].append(record)
-            texts[index] += "" if special else record.text
-            if token in backend.vocab.eos_ids:
+            texts[index] += "" if record.special else record.text
+            if record.id in backend.vocab.eos_ids:
                 finish[index] = "eos"
             elif any(s in texts[index] for s in stop):
                 finish[index] = "stop"
             else:
-                keep.append(row)
+                keep.append(position)
         if not keep or step == max_tokens - 1:
             break
-        parents = [0] * len(keep) if step == 0 and fan_out else keep
-        rows, logprobs = backend.advance(rows, parents, [int(chosen[row]) for row in keep])
-        active = [active[row] for row in keep]
+        rows, logprobs = backend.advance(rows, [parents[p] for p in keep], [chosen[p].id for p in keep])
+        active = [active[p] for p in keep]
+        parents = list(range(len(keep)))
     return [Continuation(tokens, reason) for tokens, reason in zip(records, finish, strict=True)]
+
+
+def _runs(labels: Sequence[int]) -> Iterator[tuple[int, int, int]]:
+    """(label, start, end) of each run of equal consecutive labels."""
+    start = 0
+    for end in range(1, len(labels) + 1):
+        if end == len(labels) or labels[end] != labels[start]:
+            yield labels[start], start, end
+            start = end
+
+
+def _take(logprobs: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+    """The rows `rows` (nondecreasing) of `logprobs` without a copy where possible: a run of consecutive rows
+    is a slice, one row repeated (n continuations fanning out of one prompt) an expanded view."""
+    first, last = rows[0], rows[-1]
+    if last - first + 1 == len(rows):
+        return logprobs[first : last + 1]
+    if first == last:
+        return logprobs[first : first + 1].expand(len(rows), -1)
+    return logprobs[list(rows)]
+
+
+class _TokenTexts(dict[int, str]):
+    """Token texts, each looked up once per decode (every step shows ~10 alternatives per row)."""
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__()
+        self.backend = backend
+
+    def __missing__(self, token: int) -> str:
+        self[token] = text = self.backend.token_text(token)
+        return text
+
+
+def _choose(
+    logprobs: torch.Tensor,
+    settings: SamplerSettings,
+    generator: torch.Generator | None,
+    protected: frozenset[int],
+    top_k_alternatives: int,
+    text_of: _TokenTexts,
+) -> list[TokenRecord]:
+    """The next token of each row of `logprobs` [rows, vocab] (raw model log-probabilities), and its record."""
+    chosen, sampled = sample(settings, logprobs, generator, protected)
+    index = chosen.unsqueeze(-1)
+    sampled_logprob = sampled.gather(-1, index).squeeze(-1).tolist()
+    raw_logprob = logprobs.gather(-1, index).squeeze(-1).tolist()
+    entropy = entropy_bits(logprobs).tolist()
+    tops: list[list[Alternative]] = [[] for _ in chosen]
+    if top_k_alternatives:
+        top = logprobs.topk(min(top_k_alternatives, logprobs.shape[-1]), dim=-1)
+        for row, (ids, values) in enumerate(zip(top.indices.tolist(), top.values.tolist(), strict=True)):
+            tops[row] = [Alternative(i, text_of[i], v) for i, v in zip(ids, values, strict=True)]
+    special = text_of.backend.vocab.special_ids
+    return [
+        TokenRecord(token, text_of[token], s, r, e, alternatives, token in special)
+        for token, s, r, e, alternatives in zip(
+            chosen.tolist(), sampled_logprob, raw_logprob, entropy, tops, strict=True
+        )
+    ]
 
 
 # --- sampling on a server ----------------------------------------------------------------------------------
@@ -239,12 +336,14 @@ def _on_server(
     top_k_alternatives: int,
     seed: int | None,
     stop: Sequence[str],
-) -> list[Continuation]:
-    """Continuations sampled by the server itself; records hold what it showed (the top alternatives)."""
+) -> list[list[Continuation]]:
+    """n continuations of each prompt sampled by the server itself, one group per prompt in order; records
+    hold what it showed (the top alternatives)."""
     params = server_params(settings)
     answers = backend.sample_on_server(prompts, n, max_tokens, params, top_k_alternatives, seed, stop)
+    assert len(answers) == len(prompts), "a backend answers every prompt, in order"
     shown = backend.server_alternatives(top_k_alternatives)
-    return [_server_continuation(backend, c, settings, top_k_alternatives, shown) for group in answers for c in group]
+    return [[_server_continuation(backend, c, settings, top_k_alternatives, shown) for c in group] for group in answers]
 
 
 def _server_continuation(

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from modescope.engine.decode import Continuation, generate
+from modescope.engine.decode import Continuation, generate, generate_groups
 from modescope.engine.samplers import SamplerSettings
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend, ChatPrompt
@@ -122,10 +122,18 @@ def sample_models(
     equivalence: Equivalence = "rouge1",
     equivalence_threshold: float | None = None,
 ) -> SamplingResult:
-    """n completions of `prompt` from each model with the same sampler and seed, and their metrics."""
-    if n < 1 or n > max_samples:
-        raise ModescopeError(f"n must be between 1 and {max_samples} (got {n}); raise --max-n for more samples")
-    settings = sampler or SamplerSettings.make(temperature=1.0)
+    """n completions of `prompt` from each model with the same sampler and seed, and their metrics.
+
+    A list of prompts gives a `PromptSetResult` instead: every prompt's samples (all prompts decoded in one
+    batch per model) and the aggregates over the prompts."""
+    if isinstance(prompt, list | tuple):
+        from modescope.probes.prompt_set import over_prompts
+
+        chain = (sampler or SamplerSettings.make(temperature=1.0)).model_dump(exclude={"order"})
+        chain["sampler_order"] = list((sampler or SamplerSettings.make(temperature=1.0)).order)
+        keys = {"n": n, "max_tokens": max_tokens, "seed": seed, "stop": list(stop), **chain}
+        return over_prompts("sample", models, prompt, **keys)  # type: ignore[return-value]
+    settings = _checked(n, max_samples, sampler)
     backends = [models] if isinstance(models, Backend) else list(models)
     if len({b.name for b in backends}) != len(backends):
         raise ModescopeError("a model is listed twice; name each model once")
@@ -147,6 +155,69 @@ def sample_models(
         seconds = time.perf_counter() - started
         metrics = completion_metrics(completions, embedder, equivalence, equivalence_threshold)
         results.append(ModelSamples(backend.name, completions, metrics, seconds))
-    text = prompt if isinstance(prompt, str) else prompt.user
     capabilities = {b.name: b.capabilities.metadata() for b in backends}
-    return SamplingResult(text, n, max_tokens, seed, settings, results, capabilities)
+    return SamplingResult(_prompt_text(prompt), n, max_tokens, seed, settings, results, capabilities)
+
+
+def sample_prompts(
+    backend: Backend,
+    prompts: Sequence[str | ChatPrompt],
+    n: int = 16,
+    max_tokens: int = 64,
+    sampler: SamplerSettings | None = None,
+    seed: int | None = 0,
+    stop: Sequence[str] = (),
+    top_k_alternatives: int = 10,
+    max_samples: int = MAX_SAMPLES,
+    embedder: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+    equivalence: Equivalence = "rouge1",
+    equivalence_threshold: float | None = None,
+    max_rows: int = 256,
+) -> list[SamplingResult]:
+    """n completions of each prompt from one model, the prompts decoded together (`generate_groups`, at most
+    `max_rows` rows at once): one result per prompt, equal to `sample_models(backend, prompt, ...)` with the
+    same arguments except for `seconds`, which is the prompt's share of its chunk's time (the chunk's wall time
+    divided evenly among its prompts). `progress(done, total)` is called after each chunk, counting prompts."""
+    settings = _checked(n, max_samples, sampler)
+    seconds: list[float] = []
+    started = time.perf_counter()
+
+    def chunk_done(done: int) -> None:
+        nonlocal started
+        now, count = time.perf_counter(), done - len(seconds)
+        seconds.extend([(now - started) / count] * count)
+        started = now
+        if progress:
+            progress(done, len(prompts))
+
+    groups = generate_groups(
+        backend,
+        [backend.prompt_ids(p) for p in prompts],
+        n,
+        max_tokens,
+        sampler=settings,
+        top_k_alternatives=top_k_alternatives,
+        seed=seed,
+        stop=stop,
+        max_rows=max_rows,
+        progress=chunk_done,
+    )
+    results = []
+    for prompt, completions, share in zip(prompts, groups, seconds, strict=True):
+        metrics = completion_metrics(completions, embedder, equivalence, equivalence_threshold)
+        samples = [ModelSamples(backend.name, completions, metrics, share)]
+        capabilities = {backend.name: backend.capabilities.metadata()}
+        results.append(SamplingResult(_prompt_text(prompt), n, max_tokens, seed, settings, samples, capabilities))
+    return results
+
+
+def _checked(n: int, max_samples: int, sampler: SamplerSettings | None) -> SamplerSettings:
+    """Refuse a sample count out of range; the sampler chain, plain temperature 1 without one."""
+    if n < 1 or n > max_samples:
+        raise ModescopeError(f"n must be between 1 and {max_samples} (got {n}); raise --max-n for more samples")
+    return sampler or SamplerSettings.make(temperature=1.0)
+
+
+def _prompt_text(prompt: str | ChatPrompt) -> str:
+    return prompt if isinstance(prompt, str) else prompt.user
