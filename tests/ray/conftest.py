@@ -15,15 +15,14 @@ import pytest
 
 from tests.unit.test_remote_failures import server  # noqa: F401 - a fake OpenAI-compatible server, for NAME@URL
 
-ray = pytest.importorskip("ray")
-
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
+    ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     yield ray
     if started:
         ray.shutdown()

@@ -24,6 +24,7 @@ from modescope.suites.ray_executor import ModelWorker, RayExecutor
 from modescope.suites.runner import ModelPool
 from modescope.suites.units import Batch, ExecutorEvents, LocalExecutor, UnitFailure, UnitResult, split_batches
 
+pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
 
 A = schema.ModelEntry(name="A", model="toy:alpha")

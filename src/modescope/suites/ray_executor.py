@@ -146,6 +146,9 @@ class RayExecutor(Executor):
             ray.init(address=self.address, **options)
         except ConnectionError as exc:
             raise ModescopeError(f"cannot join the Ray cluster at {self.address}: {exc}") from None
+        except KeyboardInterrupt:  # Ctrl-C while the cluster starts: stop what did start
+            ray.shutdown()
+            raise
         self.started_ray = True
 
     # -- running ------------------------------------------------------------------------------------------
