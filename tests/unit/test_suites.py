@@ -70,7 +70,7 @@ def write_suite(tmp_path: Path, text: str = TOY_SUITE, name: str = "suite.toml")
         (("n = 4", "n = 4\nnn = 3"), "line 23: probes.1.nn: unknown key"),
         (('name = "toy:tuned"', 'name = "toy:base"'), "model name 'toy:base' is used twice"),
         (('name = "talk"', 'name = "ints"'), "probe name 'ints' is used twice"),
-        (('prompt = "Q: a number?\\nA:"', ""), "give exactly one of prompt and prompt_file"),
+        (('prompt = "Q: a number?\\nA:"', ""), "give exactly one of prompt, prompt_file, prompts_file and prompts"),
         (("depth = 2", "depth = 0"), "probes.2.depth: Input should be greater than or equal to 1"),
         (('thing = "bugs"', 'other = "bugs"'), "no variable of that name"),
         (("[variables]", "[variables"), "not valid TOML"),

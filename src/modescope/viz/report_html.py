@@ -50,7 +50,7 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
         ("nodes", "blocks"),
     ],
 }
-FRAME_HEIGHT = {"multiverse": 980, "sample": 720, "attractor": 720, "forks": 640}
+FRAME_HEIGHT = {"multiverse": 980, "sample": 720, "attractor": 720, "forks": 640, "prompts.html": 1100}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #1b1b1b; background: #f6f6f4; }
@@ -164,6 +164,44 @@ def _metrics_table(output: ProbeOutput, bounded: dict[str, dict[str, Any]] | Non
     return f"<table><tr><th>metric</th>{head}</tr>{rows}</table>"
 
 
+def _estimate(e: dict[str, Any] | None) -> str:
+    if not e or e.get("mean") is None:
+        return "–"
+    if e.get("low") is None or e.get("high") is None:
+        return f"{e['mean']:.4g}"
+    return f"{e['mean']:.4g} [{e['low']:.3g}, {e['high']:.3g}]"
+
+
+def _prompt_set_table(payload: dict[str, Any]) -> str:
+    """A prompt-set probe's numbers in one table: per metric, each model's mean over the prompts with its 95%
+    bootstrap interval, and for each pair the paired difference, its Wilcoxon p and on how many prompts the
+    second model is higher; then what each pair compares directly (divergences, τ*)."""
+    models, pairs = payload.get("models", []), payload.get("pairs", [])
+    head = "".join(f"<th>{_e(m)} mean [95% CI]</th>" for m in models)
+    head += "".join(
+        f"<th>{_e(p['b'])} − {_e(p['a'])} [95% CI]</th><th>Wilcoxon p</th><th>{_e(p['b'])} higher</th>" for p in pairs
+    )
+    rows = []
+    for name in payload.get("metric_names", []):
+        cells = [_estimate(payload["per_model"].get(m, {}).get(name)) for m in models]
+        for pair in pairs:
+            d = pair["metrics"].get(name) or {}
+            p_value = "–" if d.get("wilcoxon_p") is None else f"{d['wilcoxon_p']:.2g}"
+            higher = f"{d.get('b_higher', 0)} of {d.get('n', 0)}" if d.get("n") else "–"
+            cells += [_estimate(d), p_value, higher]
+        rows.append(f"<tr><td>{_e(name)}</td>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>")
+    table = f"<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>"
+    compared = [(p, name, e) for p in pairs for name, e in p.get("comparisons", {}).items()]
+    if compared:
+        lines = "".join(
+            f"<tr><td>{_e(p['a'])} vs {_e(p['b'])}</td><td>{_e(name)}</td><td>{_e(_estimate(e))}</td></tr>"
+            for p, name, e in compared
+        )
+        table += f"<h3>Compared per prompt</h3><table><tr><th>pair</th><th>measure</th><th>mean [95% CI]</th></tr>{lines}</table>"
+    count = len(payload.get("prompts", []))
+    return f"<p class='meta'>over {count} prompts</p>{table}"
+
+
 def _bounds_section(bounded: dict[str, dict[str, Any]]) -> str:
     """Per bounded model: its label, coverage interval and the top outcomes' mass intervals."""
     parts = []
@@ -190,7 +228,7 @@ def _artifact(name: str, mime: str, data: bytes, kind: str) -> str:
         encoded = base64.b64encode(data).decode("ascii")
         return f'<img class="figure" alt="{_e(name)}" src="data:{_e(mime)};base64,{encoded}">'
     if mime == "text/html":
-        height = FRAME_HEIGHT.get(kind, 640)
+        height = FRAME_HEIGHT.get(name, FRAME_HEIGHT.get(kind, 640))
         page = data.decode("utf-8")
         # sandboxed: the page may run its own script but cannot reach the report or the network
         return (
@@ -221,7 +259,7 @@ def _probe_section(probe: dict[str, Any], output: ProbeOutput) -> str:
 <div class="prompt">{_e(prompt)}</div>
 {notes}
 <h3>Metrics</h3>
-{_metrics_table(output, bounded)}
+{_prompt_set_table(output.payload) if "per_model" in output.payload else _metrics_table(output, bounded)}
 {_bounds_section(bounded)}
 <h3>Figures and views</h3>
 {artifacts}
