@@ -1,4 +1,5 @@
-"""n samples of many prompts decoded together (`generate_groups`, `sample_prompts`) equal the prompts run alone."""
+"""Many prompts handled together equal the prompts run alone: n samples each (`generate_groups`, `sample_prompts`)
+and exact answer-set distributions (`PrefixTree.expand_many`, `outcome_distributions`)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import torch
 
 from modescope.engine.decode import Continuation, generate, generate_groups
 from modescope.engine.samplers import SamplerSettings
+from modescope.engine.tree import Child, Node, PrefixTree
 from modescope.errors import ModescopeError
 from modescope.models.analytic import AnalyticBackend
 from modescope.models.base import Backend, ServerCompletion, ServerToken
 from modescope.models.hf import HFBackend
+from modescope.probes.distribution import ModelDistribution, outcome_distribution, outcome_distributions
 from modescope.probes.sampling import sample_models, sample_prompts
 from tests.unit.test_sampling import TOKENS, fake_embedder
 from tests.unit.tiny_models import tiny_backend
@@ -212,6 +215,80 @@ def test_sample_prompts_on_a_transformers_model() -> None:
 def test_sample_prompts_refuses_too_many_samples() -> None:
     with pytest.raises(ModescopeError, match="raise --max-n"):
         sample_prompts(AnalyticBackend(TOKENS), ["x"], n=9, max_samples=8)
+
+
+# --- exact distributions of several prompts, their trees expanded together ------------------------------------
+
+
+def recording_visit(seen: dict[tuple[int, tuple[int, ...]], tuple[float, torch.Tensor]], branching: list[int]) -> Any:
+    def visit(node: Node, logprobs: torch.Tensor) -> list[Child]:
+        assert (node.prompt, node.path) not in seen, "a node was visited twice"
+        seen[node.prompt, node.path] = (node.logprob, logprobs.clone())
+        return [Child(t) for t in branching] if len(node.path) < 2 else []
+
+    return visit
+
+
+@pytest.mark.parametrize(("batch_size", "max_rows"), [(128, 512), (3, 5), (2, 2)])
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_trees_of_several_prompts_expand_together(architecture: str, batch_size: int, max_rows: int) -> None:
+    backend = tiny_backend(architecture)
+    prompts = [backend.encode(t) for t in TEXTS]
+    together: dict[tuple[int, tuple[int, ...]], tuple[float, torch.Tensor]] = {}
+    backend.stats.calls = 0
+    tree = PrefixTree(backend, batch_size=batch_size, max_rows=max_rows)
+    stats = tree.expand_many(prompts, recording_visit(together, [20, 21, 260]))
+    assert stats.nodes == len(prompts) * 12 and stats.prompt_tokens == sum(len(p) for p in prompts)
+    calls = backend.stats.calls
+    for k, prompt in enumerate(prompts):
+        alone: dict[tuple[int, tuple[int, ...]], tuple[float, torch.Tensor]] = {}
+        PrefixTree(backend, batch_size=batch_size, max_rows=max_rows).expand(
+            prompt, recording_visit(alone, [20, 21, 260])
+        )
+        assert alone.keys() == {(0, path) for prompt_index, path in together if prompt_index == k}
+        for (_, path), (logprob, logprobs) in alone.items():
+            assert together[k, path][0] == pytest.approx(logprob, abs=1e-12)
+            assert torch.allclose(together[k, path][1], logprobs, atol=1e-12, rtol=0)
+    if batch_size == 128:
+        assert calls == 3  # the prompts, then each level of all four trees in one forward pass
+
+
+def assert_same_distribution(got: ModelDistribution, want: ModelDistribution, tol: float) -> None:
+    assert [o.text for o in got.outcomes] == [o.text for o in want.outcomes]
+    for a, b in zip(got.outcomes, want.outcomes, strict=True):
+        assert (a.mass, a.mass_upper, a.prob) == pytest.approx((b.mass, b.mass_upper, b.prob), rel=tol, abs=1e-300)
+    assert got.entropy_bits == pytest.approx(want.entropy_bits, rel=tol, abs=tol)
+    assert (got.top1, got.stats.nodes, got.stats.levels) == (want.top1, want.stats.nodes, want.stats.levels)
+    assert (got.stats.prompt_tokens, got.stats.tokens_forwarded) == (
+        want.stats.prompt_tokens,
+        want.stats.tokens_forwarded,
+    )
+
+
+@pytest.mark.parametrize("tokenizations", ["all", "canonical"])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_distributions_of_several_prompts_equal_each_alone(tokenizations: Any, temperature: float) -> None:
+    backend = tiny_backend("gemma3")
+    prompts = ["Q: pick 1 to 12.", "1, 2,", "x", "Q: 10"]
+    candidates = [str(i) for i in range(13)] + ["100"]
+    options: dict[str, Any] = {"tokenizations": tokenizations, "temperature": temperature, "batch_size": 16}
+    reports: list[tuple[int, int]] = []
+    together = outcome_distributions(
+        backend, prompts, candidates, progress=lambda d, t: reports.append((d, t)), **options
+    )
+    for prompt, result in zip(prompts, together, strict=True):
+        assert_same_distribution(result, outcome_distribution(backend, prompt, candidates, **options), tol=1e-9)
+    assert reports[-1][0] == reports[-1][1] == sum(r.stats.nodes for r in together)
+    assert len({r.top1 for r in together}) > 1 or len({r.entropy_bits for r in together}) == len(prompts)
+
+
+def test_distributions_of_several_prompts_on_a_closed_form_model() -> None:
+    toy = AnalyticBackend(["1", "2", "0", "10", "12", " ", " 1", "1,", ",", ".", "Q"], seed=7, sharpness=2.0)
+    prompts = ["Q", "Q 1", "1,", "Q"]
+    together = outcome_distributions(toy, prompts, ["1", "2", "10", "12", "100"], batch_size=3)
+    for prompt, result in zip(prompts, together, strict=True):
+        assert_same_distribution(result, outcome_distribution(toy, prompt, ["1", "2", "10", "12", "100"]), tol=1e-12)
+    assert together[0].outcomes == together[3].outcomes
 
 
 REAL_TEXTS = [

@@ -26,6 +26,7 @@ class Node:
     path: tuple[int, ...]  # tokens after the prompt; () is the root
     logprob: float  # log P(path | prompt), nats, float64
     data: Any = None  # what the caller attached when it asked for this node
+    prompt: int = 0  # which prompt of `PrefixTree.expand_many` the path continues
 
 
 @dataclass(frozen=True)
@@ -78,12 +79,27 @@ class PrefixTree:
 
     def expand(self, prompt: Sequence[int], visit: Visit, root_data: Any = None) -> ExpansionStats:
         """Visit the root, then every child the visits ask for, breadth first."""
+        return self.expand_many([prompt], visit, [root_data])
+
+    def expand_many(
+        self, prompts: Sequence[Sequence[int]], visit: Visit, root_data: Sequence[Any] | None = None
+    ) -> ExpansionStats:
+        """Like `expand` for the tree below each prompt (`Node.prompt` tells them apart, `root_data[k]` is
+        attached to prompt k's root), the trees expanded together: each level's batches hold nodes of every
+        prompt, so a forward pass serves them all. Prompts go `batch_size` at a time, left-padded to one
+        length (the padding is forwarded too, and counted in `tokens_forwarded`)."""
         started = time.perf_counter()
         before_tokens, before_calls = self.backend.stats.tokens, self.backend.stats.calls
-        rows, logprobs = self._transformed(self.backend.start(prompt))
-        self.stats.prompt_tokens += len(prompt)
-        root = Node((), 0.0, root_data)
-        self._expand_below(rows, self._children(root, 0, logprobs[0], visit), visit)
+        data = list(root_data) if root_data is not None else [None] * len(prompts)
+        for first in range(0, len(prompts), self.batch_size):
+            chunk = prompts[first : first + self.batch_size]
+            # one prompt goes unpadded, as it always did
+            start = self.backend.start(chunk[0]) if len(chunk) == 1 else self.backend.start_many(chunk)
+            rows, logprobs = self._transformed(start)
+            self.stats.prompt_tokens += sum(len(p) for p in chunk)
+            roots = [Node((), 0.0, data[first + k], first + k) for k in range(len(chunk))]
+            pending = [p for k, root in enumerate(roots) for p in self._children(root, k, logprobs[k], visit)]
+            self._expand_below(rows, pending, visit)
         self.stats.tokens_forwarded += self.backend.stats.tokens - before_tokens
         self.stats.forward_calls += self.backend.stats.calls - before_calls
         self.stats.seconds += time.perf_counter() - started
@@ -95,7 +111,7 @@ class PrefixTree:
 
     def _children(self, node: Node, row: int, logprobs: torch.Tensor, visit: Visit) -> list[_Pending]:
         return [
-            _Pending(row, Node((*node.path, c.token), node.logprob + float(logprobs[c.token]), c.data))
+            _Pending(row, Node((*node.path, c.token), node.logprob + float(logprobs[c.token]), c.data, node.prompt))
             for c in visit(node, logprobs)
         ]
 

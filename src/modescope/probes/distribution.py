@@ -430,59 +430,99 @@ def outcome_distribution(
     (softmax(log p / τ)), which is what sampling at temperature τ does to the outcome probabilities.
     `progress(done, total)` is called as tree nodes are forwarded.
     """
+    options = (leading_space, tokenizations, batch_size, progress, temperature)
+    return outcome_distributions(backend, [prompt], candidates, *options)[0]
+
+
+def outcome_distributions(
+    backend: Backend,
+    prompts: Sequence[str | ChatPrompt],
+    candidates: Sequence[str],
+    leading_space: LeadingSpace = "optional",
+    tokenizations: Tokenizations = "all",
+    batch_size: int = 128,
+    progress: Callable[[int, int], None] | None = None,
+    temperature: float = 1.0,
+) -> list[ModelDistribution]:
+    """`outcome_distribution` of each prompt, the answer trees of all prompts expanded together (each level's
+    forward passes serve every prompt; see `PrefixTree.expand_many`). Masses equal the prompts' own runs up to
+    the rounding of batched matmuls.
+
+    Each result's stats count its own tree (nodes, levels, prompt tokens; `tokens_forwarded` leaves the batch's
+    padding out), `forward_calls` are those of the whole batch, which served every prompt, and `seconds` is the
+    batch's time split in proportion to each prompt's tokens. `progress(done, total)` counts tree nodes over all
+    prompts. A server that scores given tokens answers each prompt on its own (it batches requests itself).
+    """
     check_temperature(temperature)
     capabilities = backend.capabilities
     if temperature != 1.0:  # tempering renormalizes every node over the whole vocabulary
         capabilities.require("a tempered distribution (--temperature other than 1)", backend.name)
     capabilities.require("an outcome distribution", backend.name, "top-k")
     answers = AnswerTree(backend, candidates, leading_space, tokenizations)
-    prompt_ids = backend.prompt_ids(prompt)
+    prompt_ids = [backend.prompt_ids(p) for p in prompts]
     done = 0
 
     def advance(count: int) -> None:
         nonlocal done
         done += count
         if progress:
-            progress(done, answers.nodes)
+            progress(done, answers.nodes * len(prompts))
 
     if capabilities.server is not None and capabilities.scores_sequences and temperature == 1.0:
-        low, high, stats = _scored_bounds(backend, answers, prompt_ids, advance)
+        found = [_scored_bounds(backend, answers, ids, advance) for ids in prompt_ids]
     else:
-        low, high, stats = _expanded_bounds(backend, answers, prompt_ids, batch_size, advance, temperature)
-    result = _summarize(backend.name, answers.candidates, low, stats, high)
-    result.capabilities = capabilities.metadata()
-    if capabilities.tier != "full":
-        result.bounds = f"bounds (top-{capabilities.top_k} server)"
-    return result
+        found = _expanded_bounds(backend, answers, prompt_ids, batch_size, advance, temperature)
+    results = []
+    for low, high, stats in found:
+        result = _summarize(backend.name, answers.candidates, low, stats, high)
+        result.capabilities = capabilities.metadata()
+        if capabilities.tier != "full":
+            result.bounds = f"bounds (top-{capabilities.top_k} server)"
+        results.append(result)
+    return results
+
+
+Bounds = tuple[np.ndarray, np.ndarray, ExpansionStats]
 
 
 def _expanded_bounds(
     backend: Backend,
     answers: AnswerTree,
-    prompt_ids: list[int],
+    prompt_ids: Sequence[list[int]],
     batch_size: int,
     advance: Callable[[int], None],
     temperature: float,
-) -> tuple[np.ndarray, np.ndarray, ExpansionStats]:
-    """Expand the answer tree with the prefix-tree engine: exact masses from whole distributions, or bounds
-    from partial ones (a top-k server that cannot score given tokens: unshown branches are not followed)."""
-    pieces: list[list[float]] = [[] for _ in answers.targets]
-    extras: list[list[float]] = [[] for _ in answers.targets]
+) -> list[Bounds]:
+    """Expand the answer tree below every prompt with the prefix-tree engine: exact masses from whole
+    distributions, or bounds from partial ones (a top-k server that cannot score given tokens: unshown
+    branches are not followed)."""
+    pieces: list[list[list[float]]] = [[[] for _ in answers.targets] for _ in prompt_ids]
+    extras: list[list[list[float]]] = [[[] for _ in answers.targets] for _ in prompt_ids]
+    nodes, levels = [0] * len(prompt_ids), [0] * len(prompt_ids)
 
     with partial_distributions(backend) as partial:
 
         def visit(node: Node, logprobs: torch.Tensor) -> list[Child]:
+            k = node.prompt
+            nodes[k] += len(node.path) > 0
+            levels[k] = max(levels[k], len(node.path))
             lower, upper = answers.bounded_contributions(node.data, node.logprob, logprobs, partial)
-            for k, logmass in lower:
-                pieces[k].append(logmass)
-            for k, mass in upper:
-                extras[k].append(mass)
+            for target, logmass in lower:
+                pieces[k][target].append(logmass)
+            for target, mass in upper:
+                extras[k][target].append(mass)
             children = answers.children(node.data)
             return [c for c in children if math.isfinite(float(logprobs[c.token]))] if partial else children
 
         tree = PrefixTree(backend, batch_size=batch_size, progress=advance, transform=tempered(temperature))
-        stats = tree.expand(prompt_ids, visit, answers.root)
-    return (*answers.candidate_bounds(pieces, extras), stats)
+        total = tree.expand_many(prompt_ids, visit, [answers.root] * len(prompt_ids))
+    own = [len(ids) + n for ids, n in zip(prompt_ids, nodes, strict=True)]  # token positions of each prompt
+    found = []
+    for k, ids in enumerate(prompt_ids):
+        share = own[k] / max(1, sum(own))
+        stats = ExpansionStats(nodes[k], levels[k], len(ids), own[k], total.forward_calls, total.seconds * share)
+        found.append((*answers.candidate_bounds(pieces[k], extras[k]), stats))
+    return found
 
 
 def _tree_nodes(answers: AnswerTree) -> list[tuple[tuple[int, ...], Any]]:
