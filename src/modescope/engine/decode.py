@@ -113,7 +113,7 @@ def generate_groups(
     """n continuations of each prompt (of any lengths), the prompts decoded together: one forward pass per
     step serves every prompt. Group k equals `generate(backend, prompts[k], n, ..., seed=seed)` run alone,
     because each prompt's rows draw from their own generator seeded with `seed` (so two equal prompts get
-    equal samples).
+    equal samples; with seed None every prompt draws from torch's global generator, and no such equality holds).
 
     At most `max_rows` rows are decoded at once (every row holds a float64 [vocab] distribution per step):
     the prompts go in consecutive chunks of max(1, max_rows // n) prompts. `progress` is called after each
