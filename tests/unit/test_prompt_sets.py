@@ -310,3 +310,14 @@ integers = [0, 12]
     taus = [u.output.payload["fits"][0]["tau"] for u in pair_units]
     assert pair["comparisons"]["tau_star_token"]["mean"] == pytest.approx(sum(taus) / len(taus))
     assert "tau_star_outcome (reverse)" in pair["comparisons"]
+
+
+def test_a_distribution_prompt_set_expands_the_prompts_together_with_the_same_masses(tmp_path: Path) -> None:
+    plan = plan_suite(str(write_suite(tmp_path)))
+    with Store(tmp_path / "store") as store:
+        run_id = run_suite(plan, store, executor=counting())
+        units = store.units(run_id, "ints")
+    for unit in units:
+        alone = ms.distribution(ms.load(unit.record.model), unit.record.prompt, ms.integers(0, 20))
+        stored = unit.output.payload["results"][0]["outcomes"]
+        assert [o["mass"] for o in stored] == pytest.approx([o.mass for o in alone.results[0].outcomes], rel=1e-9)

@@ -59,7 +59,6 @@ def _html(page: str) -> Artifact:
 
 def run_distribution(ctx: ProbeContext, probe: schema.DistributionProbe) -> ProbeOutput:
     from modescope.probes.distribution import distribution
-    from modescope.viz.distribution_plot import plot_distribution
 
     candidates = probe.values() or []
     ctx.progress("exact probabilities of every candidate")
@@ -72,6 +71,39 @@ def run_distribution(ctx: ProbeContext, probe: schema.DistributionProbe) -> Prob
         temperature=probe.temperature,
         progress=lambda model, done, total: ctx.progress(f"{model}: {done}/{total} tree nodes"),
     )
+    return _distribution_output(result)
+
+
+def _distribution_prompts(
+    backend: Backend, probe: schema.DistributionProbe, prompts: list[str], progress: Progress
+) -> list[ProbeOutput]:
+    """The exact distribution on each prompt, the answer trees of all the prompts expanded together (each
+    level's forward passes serve every prompt); equal to one prompt at a time up to float rounding."""
+    from modescope.probes.distribution import DistributionResult, outcome_distributions
+
+    candidates = probe.values() or []
+    found = outcome_distributions(
+        backend,
+        prompts,
+        candidates,
+        probe.leading_space,
+        probe.tokenizations,
+        progress=lambda done, total: progress(f"{backend.name}: {done}/{total} tree nodes"),
+        temperature=probe.temperature,
+    )
+    return [
+        _distribution_output(
+            DistributionResult(
+                prompt, list(candidates), probe.leading_space, probe.tokenizations, [r], [], probe.temperature
+            )
+        )
+        for prompt, r in zip(prompts, found, strict=True)
+    ]
+
+
+def _distribution_output(result: Any) -> ProbeOutput:
+    from modescope.viz.distribution_plot import plot_distribution
+
     metrics = []
     for r in result.results:
         for name in ("coverage", "entropy_bits", "normalized_entropy", "effective_outcomes", "top1_share"):
@@ -330,13 +362,18 @@ RUNNERS: dict[str, Callable[[ProbeContext, Any], ProbeOutput]] = {
 
 # Rows decoded at once when a kind batches several prompts (each prompt brings n rows).
 BATCH_ROWS = 256
+# Prompts whose answer trees are expanded together (each level's batches, of up to 128 nodes, serve them all)
+DISTRIBUTION_PROMPTS = 8
 
 
 def prompts_per_batch(probe: Any) -> int:
     """How many prompts of a prompt set one batch holds: sampling packs prompts into one decode batch of up
-    to BATCH_ROWS rows; the other kinds run a prompt at a time (a batch of one is the finest resume grain)."""
+    to BATCH_ROWS rows, exact distributions expand several prompts' trees together; the other kinds run a
+    prompt at a time (a batch of one is the finest resume grain), each already batched inside."""
     if probe.kind == "sample":
         return max(1, BATCH_ROWS // probe.n)
+    if probe.kind == "distribution":
+        return DISTRIBUTION_PROMPTS
     return 1
 
 
@@ -345,6 +382,8 @@ def run_prompts(backend: Backend, probe: Any, prompts: list[str], progress: Prog
     prompt and model alone."""
     if probe.kind == "sample":
         return _sample_prompts(backend, probe, prompts, progress)
+    if probe.kind == "distribution" and len(prompts) > 1:
+        return _distribution_prompts(backend, probe, prompts, progress)
     return [run_probe(ProbeContext([backend], prompt, progress), probe) for prompt in prompts]
 
 
