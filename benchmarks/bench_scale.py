@@ -12,7 +12,7 @@ diversity metric, exactly what `modescope run` stores), from the same loaded mod
 
 The prompts are the built-in open-ended set (64) under two templates, the first 100. Throughput is units and
 generated tokens per second; the ratios are against way 1, measured in the same run. Memory is the peak RSS of
-this process and its children (the Ray workers), sampled every 10 ms, over the RSS before the way started.
+this process and its children (the Ray workers), sampled every 5 ms, over the RSS before the way started.
 The samples of way 2 and 3 are checked against way 1 (same seeds, same samples); a mismatch exits with 1.
 
 Run it with `.venv/bin/python benchmarks/bench_scale.py [--prompts 100] [--n 8] [--max-tokens 32] [--json PATH]`.
@@ -26,7 +26,6 @@ import contextlib
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from bench_sample import PeakRSS
 from common import against, environment, import_heavy
 from modescope.models import DEFAULT_MODELS, load
 from modescope.store import UnitRecord
@@ -48,35 +48,15 @@ from modescope.suites.units import Batch, ExecutorEvents, LocalExecutor, UnitRes
 TEMPLATES = ("Q: ${prompt}\nA:", "Question: ${prompt}\nAnswer:")
 
 
-class TreeRSS:
-    """Peak resident set size of this process and its children while the block runs."""
-
-    def __init__(self) -> None:
-        self._process = psutil.Process()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self.before = self.peak = 0
+class TreeRSS(PeakRSS):
+    """Peak resident set size of this process and its children (the Ray workers) while the block runs."""
 
     def _rss(self) -> int:
-        processes = [self._process, *self._process.children(recursive=True)]
         total = 0
-        for process in processes:
+        for process in [self._process, *self._process.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):  # a child may end while it is read
                 total += process.memory_info().rss
         return total
-
-    def _watch(self) -> None:
-        while not self._done.wait(0.01):
-            self.peak = max(self.peak, self._rss())
-
-    def __enter__(self) -> TreeRSS:
-        self.before = self.peak = self._rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
 
 
 def make_units(count: int, models: list[str]) -> list[UnitRecord]:
