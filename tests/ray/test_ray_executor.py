@@ -22,7 +22,7 @@ from modescope.store import ProbeOutput, UnitRecord
 from modescope.suites import schema
 from modescope.suites.ray_executor import ModelWorker, RayExecutor
 from modescope.suites.runner import ModelPool
-from modescope.suites.units import Batch, ExecutorEvents, LocalExecutor, UnitFailure, UnitResult, split_batches
+from modescope.suites.units import Batch, ExecutorEvents, LocalExecutor, UnitFailure, UnitResult
 
 pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster")]
@@ -65,7 +65,8 @@ def units(probe: Any, model: schema.ModelEntry, meta: dict[int, dict[str, Any]] 
 def batches_of(
     probe: Any, *models: schema.ModelEntry, meta: dict[str, dict[int, dict[str, Any]]] | None = None
 ) -> list[Batch]:
-    return [b for m in models for b in split_batches(probe, m, units(probe, m, (meta or {}).get(m.name)))]
+    """One batch per unit (not the kind's own batch size), so a test can aim at one unit's batch."""
+    return [Batch(probe, m, [u]) for m in models for u in units(probe, m, (meta or {}).get(m.name))]
 
 
 class Recorder:
