@@ -397,4 +397,6 @@ def test_processes_opening_a_new_store_at_once_migrate_it_once(tmp_path: Path) -
     assert [child.wait(timeout=60) for child in children] == [0] * 4
     with Store(tmp_path) as store:
         assert sorted(store.runs()["id"]) == [1, 2, 3, 4]
-        assert sqlite3.connect(store.path).execute("SELECT count(*) FROM schema_version").fetchone()[0] == 1
+        assert (
+            sqlite3.connect(store.path).execute("SELECT count(*) FROM schema_version").fetchone()[0] == latest_version()
+        )
