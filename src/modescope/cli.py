@@ -92,9 +92,13 @@ def _prompt(
     from modescope.models.base import ChatPrompt
 
     text = _read_prompt(prompt, prompt_file)
+    _check_chat_options(chat, system, prefill)
+    return ChatPrompt(text, system, prefill) if chat else text
+
+
+def _check_chat_options(chat: bool, system: str | None, prefill: str) -> None:
     if not chat and (system is not None or prefill):
         raise ModescopeError("--system and --prefill need --chat")
-    return ChatPrompt(text, system, prefill) if chat else text
 
 
 def _prompt_set_given(
@@ -140,10 +144,7 @@ def _over_prompt_set(
     from modescope.models import DEFAULT_MODELS
     from modescope.suites.prompt_set_command import run_prompt_set
 
-    if not chat and system is not None:
-        raise ModescopeError("--system needs --chat")
-    if not chat and settings.get("prefill"):
-        raise ModescopeError("--prefill needs --chat")
+    _check_chat_options(chat, system, settings.get("prefill", ""))
     _prepare_output(json_path, "--json")
     _prepare_output(html, "--html")
     server = {key: options[key] for key in ("tokenizer", "max_concurrency", "max_logprobs")}

@@ -80,7 +80,7 @@ def over_prompts(
     suite probe of that kind takes (e.g. n=8, max_tokens=32; integers=(0, 100)) on every prompt and model."""
     from modescope.suites import schema
     from modescope.suites.aggregate import aggregate
-    from modescope.suites.kinds import prompts_per_batch, run_prompts
+    from modescope.suites.units import compute_batch, split_batches
 
     backends = [models] if isinstance(models, Backend) else list(models)
     names = [b.name for b in backends]
@@ -93,16 +93,11 @@ def over_prompts(
         ).probes[0]
     except ValidationError as exc:
         raise ModescopeError(f"{kind}: {exc.errors()[0]['loc'][-1]}: {exc.errors()[0]['msg']}") from None
-    outputs: dict[str, list[ProbeOutput]] = {}
-    size = prompts_per_batch(probe)
+    found: dict[tuple[str, str], StoredUnit] = {}
     for backend in backends:
-        outputs[backend.name] = []
-        for start in range(0, len(items), size):
-            texts = [p.text for p in items[start : start + size]]
-            outputs[backend.name] += run_prompts(backend, probe, texts, lambda message: None)
-    units = [
-        StoredUnit(UnitRecord(kind, p.id, name, k, p.text, p.meta, ""), outputs[name][k], 0.0, False)
-        for k, p in enumerate(items)
-        for name in names
-    ]
+        records = [UnitRecord(kind, p.id, backend.name, k, p.text, p.meta, "") for k, p in enumerate(items)]
+        for batch in split_batches(probe, schema.ModelEntry(name=backend.name), records):
+            for result in compute_batch(backend, batch, lambda message: None):
+                found[(result.unit.prompt_id, backend.name)] = StoredUnit(result.unit, result.output, 0.0, False)
+    units = [found[(p.id, name)] for p in items for name in names]  # prompt by prompt, models in order
     return PromptSetResult(kind, names, items, units, aggregate(kind, names, units))

@@ -129,8 +129,8 @@ def sample_models(
     if isinstance(prompt, list | tuple):
         from modescope.probes.prompt_set import over_prompts
 
-        chain = (sampler or SamplerSettings.make(temperature=1.0)).model_dump(exclude={"order"})
-        chain["sampler_order"] = list((sampler or SamplerSettings.make(temperature=1.0)).order)
+        chosen = sampler or SamplerSettings.make(temperature=1.0)
+        chain = chosen.model_dump(exclude={"order"}) | {"sampler_order": list(chosen.order)}
         keys = {"n": n, "max_tokens": max_tokens, "seed": seed, "stop": list(stop), **chain}
         return over_prompts("sample", models, prompt, **keys)  # type: ignore[return-value]
     settings = _checked(n, max_samples, sampler)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from modescope.store import ProbeOutput, UnitRecord
@@ -99,7 +99,6 @@ class LocalExecutor(Executor):
     """Computes in this process, loading each model once (through the runner's model pool)."""
 
     pool: Any  # modescope.suites.runner.ModelPool
-    stats: dict[str, int] = field(default_factory=dict)
 
     def run(self, batches: Sequence[Batch], events: ExecutorEvents) -> None:
         for batch in batches:
