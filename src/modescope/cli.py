@@ -1262,6 +1262,7 @@ def _print_presets() -> None:
 def _register_subcommands() -> None:
     """Command groups that live next to their code (their modules import only typer at the top)."""
     from modescope.lab.cli import lab_app
+    from modescope.remedies.frontier_cli import frontier_command
     from modescope.suites import commands
     from modescope.web.cli import serve
 
@@ -1272,6 +1273,7 @@ def _register_subcommands() -> None:
     app.command("runs")(commands.runs_command)
     app.command("export")(commands.export_command)
     app.command("report")(commands.report_command)
+    app.command("frontier")(frontier_command)
 
 
 _register_subcommands()

@@ -7,6 +7,7 @@ so a report is pure assembly of stored pieces and a cached probe needs no model 
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 from collections.abc import Callable
@@ -350,6 +351,97 @@ def _multiverse_metrics(tree: Any, model: int, name: str) -> list[Metric]:
     ]
 
 
+def _extra_model(name: str, like: Backend) -> Backend:
+    """A model a probe names besides its own (a guide, a reference), loaded once per process and seen
+    through the same chat template as `like` when `like` chats and it has a template."""
+    backend = _loaded_extra(name)
+    if like.chat_style is not None and backend.has_chat_template:
+        return backend.with_chat(like.chat_style.system, like.chat_style.prefill)
+    return backend
+
+
+@functools.cache
+def _loaded_extra(name: str) -> Backend:
+    from modescope.models import load
+
+    return load(name)
+
+
+def _frontier_settings(probe: schema.FrontierProbe) -> Any:
+    from modescope.probes.frontier import FrontierSettings
+
+    reward = None
+    if probe.reward is not None:
+        from modescope.lab.rewards import make_reward
+
+        reward = make_reward(probe.reward)
+    return FrontierSettings(probe.n, probe.max_tokens, probe.seed, probe.xtc_threshold, probe.guide_mix, reward=reward)
+
+
+def _frontier_prompts(
+    backend: Backend, probe: schema.FrontierProbe, prompts: list[str], progress: Progress
+) -> list[ProbeOutput]:
+    """Every point of the grid on each prompt with one model: per prompt, each point's numbers as metrics
+    ("min_p=0.1: fluency") and its texts in the payload; the frontier itself is drawn over the prompts."""
+    from modescope.probes.frontier import frontier_prompts
+    from modescope.remedies.grid import parse_grid
+
+    guide = _extra_model(probe.guide, backend) if probe.guide else None
+    reference = _extra_model(probe.reference, backend) if probe.reference else None
+    found = frontier_prompts(
+        backend,
+        prompts,
+        parse_grid(probe.remedies),
+        _frontier_settings(probe),
+        guide=guide,
+        reference=reference,
+        progress=progress,
+    )
+    outputs = []
+    for payload in found:
+        metrics = [
+            Metric(backend.name, f"{point['label']}: {name}", value)
+            for point in payload["points"]
+            for name, value in point["metrics"].items()
+        ]
+        outputs.append(ProbeOutput(metrics, payload, {}))
+    return outputs
+
+
+def run_frontier(ctx: ProbeContext, probe: schema.FrontierProbe) -> ProbeOutput:
+    """The frontier on one prompt: each model's points, summarized as over a prompt set of one."""
+    from modescope.probes.frontier import FrontierUnit
+
+    units = [
+        FrontierUnit(backend.name, "1", ctx.prompt, _frontier_prompts(backend, probe, [ctx.prompt], ctx.progress)[0].payload["points"])
+        for backend in ctx.backends
+    ]
+    return frontier_output(probe, ctx.names(), units)
+
+
+def frontier_output(probe: Any, models: list[str], units: list[Any], failed: Any = ()) -> ProbeOutput:
+    """The frontier over the prompts (`modescope.probes.frontier.summarize`): its points as metrics
+    ("min_p=0.1: fluency", the mean over the prompts), `frontier.png`, `frontier.html` and the payload."""
+    from modescope.probes.frontier import summarize
+    from modescope.viz.frontier_html import frontier_page
+    from modescope.viz.frontier_plot import plot_frontier
+
+    diversity = getattr(probe, "diversity", "embedding_diversity")
+    quality = getattr(probe, "quality", "fluency")
+    payload = summarize(models, units, diversity, quality) | {"failed": [dict(f) for f in failed]}
+    metrics = [
+        Metric(p["model"], f"{p['label']}: {name}", _number((estimate or {}).get("mean")))
+        for p in payload["points"]
+        for name, estimate in p["metrics"].items()
+    ]
+    artifacts = {
+        "frontier.png": _png(lambda path: plot_frontier(payload, path)),
+        "frontier.html": _html(frontier_page(payload)),
+    }
+    notes = [f"{len(failed)} unit(s) failed and are left out of the frontier"] if failed else []
+    return ProbeOutput(metrics, payload, artifacts, notes)
+
+
 RUNNERS: dict[str, Callable[[ProbeContext, Any], ProbeOutput]] = {
     "distribution": run_distribution,
     "sample": run_sample,
@@ -357,6 +449,7 @@ RUNNERS: dict[str, Callable[[ProbeContext, Any], ProbeOutput]] = {
     "attractor": run_attractor,
     "forks": run_forks,
     "multiverse": run_multiverse,
+    "frontier": run_frontier,
 }
 
 
@@ -374,6 +467,8 @@ def prompts_per_batch(probe: Any) -> int:
         return max(1, BATCH_ROWS // probe.n)
     if probe.kind == "distribution":
         return DISTRIBUTION_PROMPTS
+    if probe.kind == "frontier":  # each point decodes the batch's prompts together, n rows (or fewer) each
+        return max(1, BATCH_ROWS // probe.n)
     return 1
 
 
@@ -382,6 +477,8 @@ def run_prompts(backend: Backend, probe: Any, prompts: list[str], progress: Prog
     prompt and model alone."""
     if probe.kind == "sample":
         return _sample_prompts(backend, probe, prompts, progress)
+    if probe.kind == "frontier":
+        return _frontier_prompts(backend, probe, prompts, progress)
     if probe.kind == "distribution" and len(prompts) > 1:
         return _distribution_prompts(backend, probe, prompts, progress)
     return [run_probe(ProbeContext([backend], prompt, progress), probe) for prompt in prompts]

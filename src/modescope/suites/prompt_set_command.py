@@ -50,8 +50,10 @@ Template = Annotated[
 def run_prompt_set(
     kind: str,
     settings: dict[str, Any],
-    prompts_file: str,
+    prompts_file: str | None,
     *,
+    prompts: list[str] | None = None,
+    png: Path | None = None,
     models: list[str],
     chat: bool = False,
     system: str | None = None,
@@ -65,9 +67,10 @@ def run_prompt_set(
     server: dict[str, Any] | None = None,
     console: Console,
 ) -> int:
-    """Run the command's probe (its kind and settings, as suite keys) over the prompt set, store it, print
-    the aggregates and write --json (the aggregate with every prompt's numbers) and --html (the prompt-set
-    page). Returns the run id."""
+    """Run the command's probe (its kind and settings, as suite keys) over the prompt set (a file, or the
+    list `prompts`), store it, print the aggregates and write --json (the aggregate with every prompt's
+    numbers), --html (the prompt-set page; a frontier's interactive page) and --png (the metrics figure; a
+    frontier's plot). Returns the run id."""
     from modescope.store import Store
     from modescope.suites import schema
     from modescope.suites.aggregate import print_aggregate
@@ -76,7 +79,8 @@ def run_prompt_set(
 
     if len(set(models)) != len(models):
         raise ModescopeError(f"a model is listed twice ({', '.join(models)}); name each model once")
-    probe = {"name": kind, "kind": kind, "prompts_file": prompts_file, "template": template, **settings}
+    probe = {"name": kind, "kind": kind, "prompts_file": prompts_file, "prompts": prompts, "template": template}
+    probe |= settings
     data = {"name": f"{kind}-prompt-set", "models": [{"name": m, "chat": chat, "system": system} for m in models]}
     data["probes"] = [{k: v for k, v in probe.items() if v is not None}]
     try:
@@ -94,15 +98,22 @@ def run_prompt_set(
             raise typer.Exit(1)
         output = store.probe_output(run_id, kind)
         console.print(f"run {run_id}: {len(plan.probes[0].prompts or [])} prompts, stored in {store.path}")
-    print_aggregate(output.payload, console)
+    frontier = kind == "frontier"
+    if frontier:
+        from modescope.remedies.frontier_cli import print_frontier
+
+        print_frontier(output.payload, console)
+    else:
+        print_aggregate(output.payload, console)
     if json_path is not None:
         from modescope.store.store import _dumps
 
         json_path.write_text(_dumps(output.payload, indent=1), encoding="utf-8")
         console.print(f"wrote {json_path}")
-    if html is not None:
-        html.write_bytes(output.artifacts["prompts.html"].data)
-        console.print(f"wrote {html}")
+    for path, name in ((html, "frontier.html" if frontier else "prompts.html"), (png, "frontier.png" if frontier else "metrics.png")):
+        if path is not None and name in output.artifacts:
+            path.write_bytes(output.artifacts[name].data)
+            console.print(f"wrote {path}")
     return run_id
 
 

@@ -357,7 +357,7 @@ def _run_prompt_set(
     from modescope.suites.aggregate import aggregate
 
     units = store.units(run_id, name, with_artifacts=True)
-    return aggregate(item.probe.kind, [e.name for e in item.models], units), reused == total
+    return aggregate(item.probe.kind, [e.name for e in item.models], units, probe=item.probe), reused == total
 
 
 def _pick_run(plan: SuitePlan, store: Store, resume: bool, only: bool) -> int:

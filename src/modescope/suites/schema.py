@@ -57,6 +57,7 @@ from pydantic import (
 )
 
 from modescope.errors import ModescopeError
+from modescope.remedies.grid import DEFAULT_GRID
 
 if TYPE_CHECKING:
     from modescope.suites.prompt_sets import PromptItem
@@ -252,11 +253,43 @@ class MultiverseProbe(ProbeBase):
     merge: bool = True
 
 
+class FrontierProbe(ProbeBase):
+    """Remedies for collapse on a diversity-quality frontier (see `modescope.probes.frontier`): every point
+    of the `remedies` grid ("min_p=0.05,0.1", "verbalized=5", "guided=0.5", ...) on every prompt."""
+
+    kind: Literal["frontier"]
+    remedies: list[str] = Field(default_factory=lambda: list(DEFAULT_GRID))
+    n: int = Field(8, ge=2, le=256)
+    max_tokens: int = Field(32, ge=1, le=512)
+    seed: int = 0
+    xtc_threshold: float = Field(0.1, ge=0, le=1)
+    guide: str | None = None  # the guide model of base-guided points: the tuned model's base, same tokenizer
+    guide_mix: Literal["geometric", "arithmetic"] = "geometric"
+    reference: str | None = None  # the model that scores fluency (default: each model itself)
+    reward: str | None = None  # sentiment, format or module:function, scored on every text
+    diversity: Literal["embedding_diversity", "class_share", "distinct_2"] = "embedding_diversity"
+    quality: Literal["fluency", "reward", "parse_rate"] = "fluency"
+
+    @model_validator(mode="after")
+    def _grid(self) -> FrontierProbe:
+        from modescope.remedies.grid import parse_grid, uses_guide
+
+        try:
+            points = parse_grid(self.remedies)
+        except ModescopeError as exc:
+            raise ValueError(str(exc)) from None
+        if uses_guide(points) and self.guide is None:
+            raise ValueError("the guided remedy needs guide = the tuned model's base (a model with the same tokenizer)")
+        if self.quality == "reward" and self.reward is None:
+            raise ValueError("quality = reward needs a reward (sentiment, format or module:function)")
+        return self
+
+
 Probe = Annotated[
-    DistributionProbe | SampleProbe | TemperatureProbe | AttractorProbe | ForksProbe | MultiverseProbe,
+    DistributionProbe | SampleProbe | TemperatureProbe | AttractorProbe | ForksProbe | MultiverseProbe | FrontierProbe,
     Field(discriminator="kind"),
 ]
-KINDS = ["distribution", "sample", "temperature", "attractor", "forks", "multiverse"]
+KINDS = ["distribution", "sample", "temperature", "attractor", "forks", "multiverse", "frontier"]
 
 
 class Suite(Strict):
