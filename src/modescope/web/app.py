@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from modescope.errors import ModescopeError
 from modescope.jsonsafe import finite
 from modescope.models.base import Backend, ChatPrompt
+from modescope.web.remedy import Remedy, check_remedy, remedy_options, sent_prompt
 from modescope.web.schemas import (
     AttractorIn,
     Decoding,
@@ -41,6 +42,7 @@ from modescope.web.schemas import (
     NextIn,
     PromptIn,
     RegenerateIn,
+    RemedyIn,
     TokenizeIn,
 )
 from modescope.web.worker import Busy, Worker
@@ -194,6 +196,46 @@ def _prompt_ids(backend: Backend, prompt: str | ChatPrompt) -> list[int]:
         return backend.prompt_ids(prompt)
     except (ValueError, KeyError) as exc:
         raise ModescopeError(f"the tokenizer of '{backend.name}' cannot encode the prompt ({exc})") from None
+
+
+# --- remedies ------------------------------------------------------------------------------------------------
+
+
+def _remedy(spec: RemedyIn | None, registry: Registry) -> Remedy | None:
+    """The request's checked remedy (None without one): 422 for a value to change, 404 for a guide not served."""
+    if spec is None:
+        return None
+    try:
+        remedy = check_remedy(spec)
+    except ModescopeError as exc:
+        raise ApiError(422, str(exc)) from None
+    if remedy.guide is not None and remedy.guide not in registry.order:
+        served = ", ".join(registry.order)
+        raise ApiError(404, f"remedy.guide {remedy.guide!r} is not served here; guide with one of: {served}")
+    return remedy
+
+
+def _sampled(
+    registry: Registry, name: str, prompt: str | ChatPrompt, remedy: Remedy | None
+) -> tuple[Backend, str | ChatPrompt]:
+    """The backend to sample (the model, or its mixture with the guide) and the prompt it gets (rewritten)."""
+    backend = registry.get(name)
+    if remedy is None:
+        return backend, prompt
+    guide = registry.get(remedy.guide) if remedy.guide is not None else None
+    return remedy.backend(backend, guide), remedy.rewrite(prompt)
+
+
+def _remedied(
+    result: dict[str, Any], backend: Backend, prompt: str | ChatPrompt, remedy: Remedy, before: str = ""
+) -> dict[str, Any]:
+    """A model's result with what the remedy did: the prompt sent, the backend sampled, the verbalized reads."""
+    completions = [remedy.annotate(c, before) for c in result["completions"]]
+    return result | {
+        "completions": completions,
+        "sent_prompt": sent_prompt(backend, prompt),
+        "sampled_from": backend.name,
+    }
 
 
 # --- middleware -------------------------------------------------------------------------------------------
@@ -382,7 +424,8 @@ def create_app(
                     "capabilities": backend.capabilities.metadata() if backend is not None else None,
                 }
             )
-        return _json({"models": listed, "limits": asdict(limits), "queue": {"pending": worker.pending}})
+        queue = {"pending": worker.pending}
+        return _json({"models": listed, "limits": asdict(limits), "queue": queue, "remedies": remedy_options()})
 
     @app.post("/api/tokenize", dependencies=guard, summary="Tokens of a prompt (with BOS or chat template) or of text")
     async def tokenize(spec: TokenizeIn) -> JSONResponse:
@@ -408,23 +451,26 @@ def create_app(
         registry.check(spec.models, limits)
         prompt = _prompt(spec.prompt, limits)
         sampler = _decoding(spec, limits)
+        remedy = _remedy(spec.remedy, registry)
+        stop = remedy.stops(spec.stop) if remedy is not None else spec.stop
 
         def call() -> dict[str, Any]:
             results = []
             for name in spec.models:
-                backend = registry.get(name)
+                backend, sent = _sampled(registry, name, prompt, remedy)
                 completions = generate(
                     backend,
-                    _prompt_ids(backend, prompt),
+                    _prompt_ids(backend, sent),
                     n=spec.n,
                     max_tokens=spec.max_tokens,
                     sampler=sampler,
                     top_k_alternatives=spec.top_k,
                     seed=spec.seed,
-                    stop=spec.stop,
+                    stop=stop,
                 )
-                results.append({"model": name, "completions": _continuations(completions)})
-            return {"results": results}
+                result = {"model": name, "completions": _continuations(completions)}
+                results.append(result if remedy is None else _remedied(result, backend, sent, remedy))
+            return {"results": results} | ({} if remedy is None else {"remedy": remedy.describe()})
 
         return _json(await run(call))
 
@@ -436,26 +482,32 @@ def create_app(
         prompt = _prompt(spec.prompt, limits)
         sampler = _decoding(spec, limits)
         _text_cap("the edit", spec.edit, limits)
+        remedy = _remedy(spec.remedy, registry)
+        stop = remedy.stops(spec.stop) if remedy is not None else spec.stop
 
         def call() -> dict[str, Any]:
-            backend = registry.get(spec.model)
+            backend, sent = _sampled(registry, spec.model, prompt, remedy)
             kept = _prefix(backend, spec.prefix_ids, limits)
             edit = _encode_text(backend, spec.edit) if spec.edit else []
             completions = generate(
                 backend,
-                [*_prompt_ids(backend, prompt), *kept, *edit],
+                [*_prompt_ids(backend, sent), *kept, *edit],
                 n=spec.n,
                 max_tokens=spec.max_tokens,
                 sampler=sampler,
                 top_k_alternatives=spec.top_k,
                 seed=spec.seed,
-                stop=spec.stop,
+                stop=stop,
             )
-            return {
+            result = {
                 "model": spec.model,
                 "edit_tokens": [{"id": i, "text": backend.token_text(i)} for i in edit],
                 "completions": _continuations(completions),
             }
+            if remedy is None:
+                return result
+            before = backend.decode([*kept, *edit])
+            return _remedied(result, backend, sent, remedy, before) | {"remedy": remedy.describe()}
 
         return _json(await run(call))
 

@@ -66,9 +66,20 @@ class Decoding(_Strict):
     stop: list[str] = Field(default_factory=list, description="Stop strings (kept in the text).")
 
 
+class RemedyIn(_Strict):
+    """A remedy for mode collapse applied to the sampling (see `modescope.remedies` and `web/remedy.py`)."""
+
+    strategy: str = Field(default="direct", description="Prompt strategy: direct, vary, few-shot or verbalized.")
+    k: int = Field(default=5, description="Responses the verbalized strategy asks for (2 to 20).")
+    guide: str | None = Field(default=None, description="Another served model (same tokenizer) to guide with.")
+    guide_alpha: float = Field(default=0.5, description="The guide's weight: 0 the model alone, 1 the guide alone.")
+    guide_mix: str = Field(default="geometric", description="geometric (p^(1-a) q^a, renormalized) or arithmetic.")
+
+
 class GenerateIn(Decoding):
     models: list[str] = Field(description="Served model names; one column each.")
     prompt: PromptIn
+    remedy: RemedyIn | None = Field(default=None, description="A remedy for mode collapse; null samples as is.")
 
 
 class RegenerateIn(Decoding):
@@ -76,6 +87,7 @@ class RegenerateIn(Decoding):
     prompt: PromptIn
     prefix_ids: list[int] = Field(default_factory=list, description="Continuation tokens kept (this model's ids).")
     edit: str = Field(default="", description="Text appended after prefix_ids (encoded without special tokens).")
+    remedy: RemedyIn | None = Field(default=None, description="The remedy of the run branched (null: none).")
 
 
 class NextIn(_Strict):
