@@ -6,6 +6,9 @@ then `progress` events, then one `result` or `error` event. Errors are JSON obje
 a 4xx status: 400 for a request the models cannot serve (the library's ModescopeError), 401 without the
 token, 404 for a model that is not served, 413 for a body over the size cap, 422 for a malformed body or a
 value over a cap, 503 when the queue is full.
+
+/api/generate and /api/regenerate take an optional `remedy` for mode collapse (a prompt strategy, a guide
+model; see `remedy.py`); a request without one is answered exactly as before remedies existed.
 """
 
 from __future__ import annotations

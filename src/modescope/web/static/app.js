@@ -15,6 +15,7 @@ const state = {
   shown: {},           // model name -> branch node id shown in that model's column
   picked: null,        // {nodeId, pos} of the token whose popup is open
   busy: 0,
+  sentOpen: false,     // whether the columns' "sent prompt" disclosures are open
 };
 
 // ---- small helpers ----
@@ -127,6 +128,44 @@ function chosenModels() {
   const names = [$("model-a").value, $("model-b").value].filter((m) => m);
   return names.filter((m, i) => names.indexOf(m) === i);
 }
+// The remedy of the Remedy section, or null when it changes nothing (direct prompt, no guide): then the
+// request carries none and is answered exactly as without remedies.
+function remedySpec() {
+  const strategy = $("remedy-strategy").value || "direct";
+  const guide = $("remedy-guide").value;
+  if (strategy === "direct" && !guide) return null;
+  const spec = { strategy };
+  if (strategy === "verbalized") spec.k = num("remedy-k", 5);
+  if (guide) Object.assign(spec, { guide, guide_alpha: num("remedy-alpha", 0.5), guide_mix: $("remedy-mix").value });
+  return spec;
+}
+function remedyLabel(remedy) {
+  if (!remedy) return "none";
+  const parts = [];
+  if (remedy.strategy && remedy.strategy !== "direct") {
+    parts.push(remedy.strategy + (remedy.strategy === "verbalized" ? " (k " + remedy.k + ")" : ""));
+  }
+  if (remedy.guide) parts.push("guided by " + remedy.guide + " α " + remedy.guide_alpha + " " + remedy.guide_mix);
+  return parts.join(" · ") || "direct";
+}
+function syncRemedy() {
+  const guided = !!$("remedy-guide").value;
+  $("remedy-k-box").hidden = $("remedy-strategy").value !== "verbalized";
+  $("remedy-alpha-box").hidden = !guided;
+  $("remedy-mix-box").hidden = !guided;
+  $("remedy-summary").textContent = remedyLabel(remedySpec());
+}
+function fillRemedy(config) {
+  const options = config.remedies || { strategies: ["direct"], mixes: ["geometric"], k: { min: 2, max: 20 } };
+  const add = (select, value, text) => { select.appendChild(el("option", "", text)).value = value; };
+  for (const s of options.strategies) add($("remedy-strategy"), s, s);
+  for (const m of options.mixes) add($("remedy-mix"), m, m);
+  add($("remedy-guide"), "", "none");
+  for (const m of config.models) add($("remedy-guide"), m.name, m.name);
+  $("remedy-k").min = String(options.k.min);
+  $("remedy-k").max = String(options.k.max);
+  syncRemedy();
+}
 
 // ---- the branch tree ----
 // A run is one press of Generate: its prompt and settings, with one branch node per model below it. A branch
@@ -159,7 +198,10 @@ function tokensOf(node) {
   return node.prefix.concat(completion.tokens);
 }
 function defaultLabel(node) {
-  if (node.kind === "run") return "run: " + node.prompt.text.replace(/\s+/g, " ").slice(0, 40);
+  if (node.kind === "run") {
+    const remedy = node.settings && node.settings.remedy ? "[" + remedyLabel(node.settings.remedy) + "] " : "";
+    return "run: " + remedy + node.prompt.text.replace(/\s+/g, " ").slice(0, 40);
+  }
   const completion = node.completions[node.selected];
   const start = node.prefix.length ? "…" + node.prefix.slice(-3).map((t) => t.text).join("") : "";
   const text = completion ? completion.tokens.slice(0, 8).map((t) => t.text).join("") : "";
@@ -327,6 +369,7 @@ function renderColumns() {
     const depth = node.at !== undefined ? " · branched at token " + node.at : "";
     title.appendChild(el("span", "faint", (node.label || "") + depth));
     column.appendChild(title);
+    if (typeof node.sentPrompt === "string") column.append(...remedyParts(run, node));
     const main = el("div", "main text");
     main.appendChild(el("span", "prompt-part", shown(run.prompt.text)));
     tokensOf(node).forEach((t, i) => main.appendChild(tokenSpan(t, node.id, i)));
@@ -336,6 +379,7 @@ function renderColumns() {
       const p = completion.tokens.reduce((s, t) => s + (t.raw_logprob || 0), 0);
       column.appendChild(el("div", "finish", "ends by " + completion.finish_reason + " · " + completion.tokens.length +
         " tokens · log p = " + p.toFixed(2) + " nats"));
+      if (completion.verbalized) column.appendChild(verbalizedBox(completion.verbalized));
     }
     if (node.completions.length > 1) {
       const alternates = el("div", "alternates");
@@ -357,6 +401,36 @@ function renderColumns() {
   }
   $("mv-prefix").textContent = prefixText(focus) || "(the prompt)";
 }
+// What a remedy did to a column: its label, and the prompt the model actually saw (a disclosure).
+function remedyParts(run, node) {
+  const remedy = run.settings && run.settings.remedy;
+  const tag = el("div", "remedy-tag", "remedy: " + remedyLabel(remedy));
+  if (node.sampledFrom) tag.title = "sampled from " + node.sampledFrom;
+  const sent = el("details", "sent-prompt");
+  sent.open = state.sentOpen;
+  sent.appendChild(el("summary", "", "sent prompt (" + node.sentPrompt.length + " characters)"));
+  sent.appendChild(el("div", "text", shown(node.sentPrompt)));
+  sent.addEventListener("toggle", () => { state.sentOpen = sent.open; });
+  return [tag, sent];
+}
+// A verbalized completion read: each response with the probability the model stated, and what was not read.
+function verbalizedBox(v) {
+  const responses = Array.isArray(v.responses) ? v.responses : [];
+  const box = el("div", "verbalized");
+  const problem = v.problem ? " · " + v.problem : "";
+  box.appendChild(el("div", "head", responses.length + " parsed response" + (responses.length === 1 ? "" : "s") +
+    " · " + (Number(v.unparsed) || 0) + " unparsed" + problem));
+  const list = el("ol");
+  for (const r of responses) {
+    const li = el("li", r.duplicate ? "duplicate" : "");
+    const stated = typeof r.stated === "number" && isFinite(r.stated) ? r.stated.toFixed(2) : "—";
+    li.append(el("span", "stated", "p " + stated), el("span", "rtext", String(r.text)));
+    if (r.duplicate) li.title = "given more than once";
+    list.appendChild(li);
+  }
+  box.appendChild(list);
+  return box;
+}
 function render() {
   renderTree();
   renderColumns();
@@ -370,18 +444,25 @@ async function generateRun() {
   if (!room(1 + models.length)) return;
   const body = { models, prompt: promptSpec(), n: num("n", 1), max_tokens: num("max_tokens", 32),
     sampler: samplerSpec(), seed: seedValue(), top_k: 10 };
+  const remedy = remedySpec();
+  if (remedy) body.remedy = remedy;
   const result = await guarded("generating", () => call("/api/generate", body));
   if (!result) return;
   const run = addNode({ kind: "run", parent: null, prompt: body.prompt, settings: body, models });
   let first = null;
   for (const r of result.results) {
-    const node = addNode({ kind: "branch", parent: run.id, model: r.model, prefix: [], completions: r.completions, selected: 0 });
+    const node = addNode({ kind: "branch", parent: run.id, model: r.model, prefix: [], completions: r.completions, selected: 0,
+      ...remedied(r) });
     state.shown[r.model] = node.id;
     first = first || node;
   }
   focusNode(first.id);
 }
 
+// What the server says a remedy did to one model's result (nothing without a remedy).
+function remedied(result) {
+  return typeof result.sent_prompt === "string" ? { sentPrompt: result.sent_prompt, sampledFrom: result.sampled_from } : {};
+}
 // Branch at position `pos` of a node's shown tokens: keep the tokens before it, then either a chosen
 // alternative token or typed text (both shown as edited), and regenerate from there.
 async function branch(node, pos, replacement, mode) {
@@ -405,11 +486,13 @@ async function regenerate(parent, run, kept, ids, edit, edited, mode, label) {
   const body = { model: parent.model, prompt: run.prompt, prefix_ids: ids, edit,
     n: sampled ? num("n", 1) : 1, max_tokens: num("max_tokens", 32),
     sampler: sampled ? samplerSpec() : { temperature: 0 }, seed: seedValue(), top_k: 10 };
+  // a branch of a remedied run continues the same remedied prompt and model
+  if (run.settings && run.settings.remedy) body.remedy = run.settings.remedy;
   const result = await guarded("regenerating", () => call("/api/regenerate", body));
   if (!result) return;
   for (const t of result.edit_tokens) edited.push({ id: t.id, text: t.text, edited: true });
   const node = addNode({ kind: "branch", parent: parent.id, model: parent.model, prefix: kept.concat(edited),
-    completions: result.completions, selected: 0, mode: sampled ? "sampled" : "greedy" });
+    completions: result.completions, selected: 0, mode: sampled ? "sampled" : "greedy", ...remedied(result) });
   node.auto = label;
   node.at = kept.length;
   state.shown[node.model] = node.id;
@@ -681,6 +764,9 @@ function toggleBookmark() {
 function wire() {
   $("generate").addEventListener("click", generateRun);
   $("chat").addEventListener("change", () => { $("system").hidden = !$("chat").checked; });
+  for (const id of ["remedy-strategy", "remedy-guide", "remedy-mix", "remedy-k"]) $(id).addEventListener("change", syncRemedy);
+  $("remedy-alpha-range").addEventListener("input", () => { $("remedy-alpha").value = $("remedy-alpha-range").value; syncRemedy(); });
+  $("remedy-alpha").addEventListener("input", () => { $("remedy-alpha-range").value = $("remedy-alpha").value; syncRemedy(); });
   $("help-button").addEventListener("click", () => toggleHelp(true));
   $("help-close").addEventListener("click", () => toggleHelp(false));
   $("help").addEventListener("click", (ev) => { if (ev.target === $("help")) toggleHelp(false); });
@@ -756,6 +842,7 @@ async function start() {
     const pre = config.models.filter((m) => m.preselected).map((m) => m.name);
     if (pre[0]) a.value = pre[0];
     b.value = pre[1] || "";
+    fillRemedy(config);
     $("n").max = String(config.limits.max_n);
     $("max_tokens").max = String(config.limits.max_tokens);
   }
