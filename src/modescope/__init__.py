@@ -34,19 +34,34 @@ _EXPORTS = {
     "over_prompts": "modescope.probes.prompt_set",
     "prompt_set": "modescope.probes.prompt_set",
     "sample_models": "modescope.probes.sampling",
+    "FrontierResult": "modescope.probes.frontier",
+    "frontier": "modescope.probes.frontier",
+    "Remedies": "modescope.remedies.options",
+    "guided": "modescope.remedies.guided",
+    "render_strategy": "modescope.remedies.strategies",
+    "parse_verbalized": "modescope.remedies.verbalized",
+    "stated_vs_real": "modescope.remedies.stated",
+    "homogeneity": "modescope.metrics.homogeneity",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from modescope.errors import ModescopeError
+    from modescope.metrics.homogeneity import homogeneity
     from modescope.models import DEFAULT_MODELS, PRESETS, load
     from modescope.models.base import Backend, ChatPrompt
     from modescope.probes.candidates import choices, choices_from_file, integers
     from modescope.probes.distribution import DistributionResult, ModelDistribution, distribution
+    from modescope.probes.frontier import FrontierResult, frontier
     from modescope.probes.multiverse import Multiverse, multiverse
     from modescope.probes.prompt_set import PromptSetResult, over_prompts, prompt_set
     from modescope.probes.sampling import sample_models
+    from modescope.remedies.guided import guided
+    from modescope.remedies.options import Remedies
+    from modescope.remedies.stated import stated_vs_real
+    from modescope.remedies.strategies import render_strategy
+    from modescope.remedies.verbalized import parse_verbalized
 
 
 def __getattr__(name: str) -> Any:

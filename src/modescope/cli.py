@@ -226,6 +226,27 @@ System = Annotated[str | None, typer.Option(help="System message (with --chat)."
 Prefill = Annotated[str, typer.Option(help="Start of the assistant's reply (with --chat).")]
 
 
+class Strategy(StrEnum):
+    direct = "direct"
+    vary = "vary"
+    few_shot = "few-shot"
+    verbalized = "verbalized"
+
+
+class GuideMix(StrEnum):
+    geometric = "geometric"
+    arithmetic = "arithmetic"
+
+
+STRATEGY_HELP = (
+    "Prompt strategy: direct; vary (an instruction to be original); few-shot (varied examples first); verbalized "
+    "(ask for --k responses with their probabilities; parsed and counted)."
+)
+GUIDE_HELP = (
+    "Base-guided decoding: sample from the mixture of each model with this guide model (its base; same tokenizer)."
+)
+
+
 class Equivalence(StrEnum):
     rouge1 = "rouge1"
     embedding = "embedding"
@@ -514,6 +535,18 @@ def sample(
         list[str] | None,
         typer.Option("--sampler-order", help="Sampler names in order; repeat.", rich_help_panel="Sampler chain"),
     ] = None,
+    strategy: Annotated[Strategy, typer.Option(help=STRATEGY_HELP, rich_help_panel="Remedies")] = Strategy.direct,
+    k: Annotated[
+        int, typer.Option("--k", help="Responses per generation (verbalized strategy).", rich_help_panel="Remedies")
+    ] = 5,
+    guide: Annotated[str | None, typer.Option(help=GUIDE_HELP, rich_help_panel="Remedies")] = None,
+    guide_alpha: Annotated[
+        float, typer.Option(help="The guide's weight α in [0, 1] (0: the model alone).", rich_help_panel="Remedies")
+    ] = 0.5,
+    guide_mix: Annotated[
+        GuideMix,
+        typer.Option(help="geometric: p^(1-α)·p_guide^α renormalized; arithmetic.", rich_help_panel="Remedies"),
+    ] = GuideMix.geometric,
     top_alternatives: Annotated[int, typer.Option(help="Alternatives recorded per token.")] = 10,
     equivalence: EquivalenceTest = Equivalence.rouge1,
     equivalence_threshold: EquivalenceThreshold = None,
@@ -546,6 +579,8 @@ def sample(
             keys |= {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
             keys |= {"typical_p": typical_p, "top_n_sigma": top_n_sigma, "xtc_threshold": xtc_threshold}
             keys |= {"xtc_probability": xtc_probability, "sampler_order": sampler_order}
+            keys |= {"strategy": strategy.value, "k": k, "guide": guide, "guide_alpha": guide_alpha}
+            keys |= {"guide_mix": guide_mix.value}
             _refuse_in_prompt_set(
                 {
                     "--equivalence": equivalence != Equivalence.rouge1,
@@ -576,18 +611,23 @@ def sample(
         )
         _prepare_output(json_path, "--json")
         _prepare_output(html, "--html")
+        remedies = _remedies(strategy.value, k, None, guide_alpha, guide_mix.value)  # checked before loading
         backends = _load_models(
             model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
         )
+        if guide is not None:
+            (guide_model,) = _load_models([guide], device, dtype, console)
+            remedies = _remedies(strategy.value, k, guide_model, guide_alpha, guide_mix.value)
+            backends = [remedies.backend(b) for b in backends]
         with console.status("sampling") as status:
             result = sample_models(
                 backends,
-                the_prompt,
+                remedies.prompt(the_prompt),
                 n=n,
                 max_tokens=max_tokens,
                 sampler=settings,
                 seed=seed,
-                stop=stop or (),
+                stop=remedies.stop(stop or ()),
                 top_k_alternatives=top_alternatives,
                 max_samples=max_n,
                 progress=lambda name: status.update(f"sampling {n} completions from {name}"),
@@ -595,14 +635,49 @@ def sample(
                 equivalence_threshold=equivalence_threshold,
             )
         _print_samples(result, console, show)
+        data = result.to_dict() | ({"remedies": remedies.describe()} if remedies.active else {})
+        if remedies.strategy == "verbalized":
+            data["verbalized"] = _print_verbalized(result, remedies.k, console)
         if json_path is not None:
-            json_path.write_text(_strict_json(result.to_dict()))
+            json_path.write_text(_strict_json(data))
             console.print(f"wrote {json_path}")
         if html is not None:
             from modescope.viz.tokens_html import write_sampling_page
 
             write_sampling_page(result, html)
             console.print(f"wrote {html}")
+
+
+def _remedies(strategy: str, k: int, guide: Backend | None, alpha: float, mix: str) -> Any:
+    from modescope.remedies.guided import check_alpha
+    from modescope.remedies.options import Remedies
+
+    check_alpha(alpha)
+    return Remedies(strategy, k, guide, alpha, mix)
+
+
+def _print_verbalized(result: Any, k: int, console: Console) -> dict[str, Any]:
+    """Each model's parsed Verbalized Sampling responses with their stated probabilities, and what could not be
+    parsed; returns them by model (for --json)."""
+    from rich.table import Table
+
+    from modescope.remedies.options import verbalized_summary
+
+    found = {}
+    for m in result.models:
+        summary = found[m.model] = verbalized_summary(m.texts, k, [c.finish_reason == "length" for c in m.completions])
+        table = Table(
+            title=f"{m.model}: parsed {summary['parse_rate']:.0%} of the {k * len(m.completions)} responses asked for "
+            f"({summary['unparsed']} pieces unparsed)",
+            title_justify="left",
+        )
+        for column in ("completion", "stated", "response"):
+            table.add_column(column)
+        for index, responses in enumerate(summary["responses"]):
+            for r in responses:
+                table.add_row(str(index + 1), f"{r['stated']:.2f}", r["text"])
+        console.print(table)
+    return found
 
 
 def _named_metric(name: str, metrics_of: Callable[[Any], dict[str, float]]) -> Callable[[Any], str]:

@@ -15,7 +15,7 @@ import modescope as ms
 from modescope.cli import app
 from modescope.engine.score import continuation_logprobs
 from modescope.errors import ModescopeError
-from modescope.models.analytic import AnalyticBackend
+from modescope.models.analytic import AnalyticBackend, TransitionBackend
 from modescope.probes.frontier import (
     FrontierSettings,
     FrontierUnit,
@@ -272,3 +272,32 @@ def test_frontier_command_needs_prompts() -> None:
     result = CliRunner().invoke(app, ["frontier", "-m", "toy:tuned"])
     assert result.exit_code == 2
     assert "give prompts as arguments or a prompt set with --prompts-file" in result.output
+
+
+class ScriptBackend(TransitionBackend):
+    """Writes one script of whole-line tokens after any prompt: each line is followed by the next, the last by
+    the end of text; after any other token, the first line (so every generation is the script)."""
+
+    def __init__(self, lines: list[str]) -> None:
+        table = {a: {b: 1.0} for a, b in zip(lines, [*lines[1:], "<eos>"], strict=True)}
+        super().__init__(list(dict.fromkeys([*[chr(c) for c in range(32, 127)], "\n", *lines])), table, "script")
+        self.first = self.rows[self.encode(lines[0])[0]] * 0.0
+        self.first[self.encode(lines[0])[0]] = 50.0
+
+    def logits(self, prefix: list[int]) -> np.ndarray:  # type: ignore[override]
+        if prefix and prefix[-1] in self.rows:
+            return self.rows[prefix[-1]]
+        return self.first
+
+
+def test_verbalized_point_keeps_parsed_responses_and_counts_the_rest() -> None:
+    model = ScriptBackend(["1. (probability 0.60) yes\n", "2. (probability 0.40) no\n"])
+    settings = FrontierSettings(n=4, max_tokens=6, seed=0, embedder=FixedEmbedder())
+    (found,) = sample_point(RemedyPoint("verbalized", 3), model, ["Pick one."], settings, None)
+    # k = 3 asked per generation, 2 generations (ceil(4 / 3)); each gives the two scripted responses
+    assert found.texts == ["yes", "no", "yes", "no"]
+    assert (found.asked, found.parsed) == (6, 4)
+    (prompt,) = frontier_prompts(model, ["Pick one."], [RemedyPoint("verbalized", 3)], settings)
+    metrics = prompt["points"][0]["metrics"]
+    assert metrics["parse_rate"] == pytest.approx(4 / 6)
+    assert metrics["class_share"] == pytest.approx(0.5)  # two classes among four texts

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from modescope.engine.decode import generate_groups
@@ -103,20 +104,37 @@ def sample_point(
     point: RemedyPoint, backend: Backend, prompts: Sequence[str], settings: FrontierSettings, guide: Backend | None
 ) -> list[PointSamples]:
     """The point's texts on every prompt, all prompts decoded together."""
+    from modescope.remedies.strategies import stop_strings
+
     model = point_backend(point, backend, guide, settings.guide_mix)
     ids = [model.prompt_ids(point_prompt(point, p)) for p in prompts]
     sampler = point_sampler(point, settings)
-    if point.remedy != "verbalized":
-        groups = generate_groups(model, ids, settings.n, settings.max_tokens, sampler=sampler, seed=settings.seed)
-        return [
-            PointSamples(
-                [c.text for c in group],
-                settings.n,
-                settings.n,
-                [[t.id for t in c.tokens if not t.special] for c in group],
-            )
-            for group in groups
-        ]
+    if point.remedy == "verbalized":
+        return _verbalized_point(point, model, ids, sampler, settings)
+    stop = stop_strings(point.remedy) if point.remedy in ("vary", "few-shot") else ()
+    groups = generate_groups(
+        model, ids, settings.n, settings.max_tokens, sampler=sampler, seed=settings.seed, stop=stop
+    )
+    found = []
+    for group in groups:
+        texts = [_cut(c.text, stop) for c in group]
+        # a text cut at a stop string is scored as text; the others exactly as sampled
+        tokens = None if stop else [[t.id for t in c.tokens if not t.special] for c in group]
+        found.append(PointSamples(texts, settings.n, settings.n, tokens))
+    return found
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    """The text before the first stop string (the decoder keeps the stop string in the text)."""
+    for s in stop:
+        text = text.split(s, 1)[0]
+    return text
+
+
+def _verbalized_point(
+    point: RemedyPoint, model: Backend, ids: list[list[int]], sampler: SamplerSettings, settings: FrontierSettings
+) -> list[PointSamples]:
+    """ceil(n / k) generations per prompt, each asked for k responses; the first n parsed responses kept."""
     from modescope.remedies.verbalized import parse_verbalized
 
     k = point.k
@@ -125,7 +143,8 @@ def sample_point(
     groups = generate_groups(model, ids, generations, tokens, sampler=sampler, seed=settings.seed, top_k_alternatives=0)
     found = []
     for group in groups:
-        responses = [r.text for c in group for r in parse_verbalized(c.text, k).responses]
+        parses = [parse_verbalized(c.text, k, truncated=c.finish_reason == "length") for c in group]
+        responses = [r.text for parse in parses for r in parse.responses]
         found.append(PointSamples(responses[: settings.n], k * generations, len(responses)))
     return found
 
@@ -257,9 +276,7 @@ def _value(metrics: dict[str, Any], name: str) -> float:
     return float(value) if value is not None else math.nan
 
 
-def summarize(
-    models: Sequence[str], units: Sequence[FrontierUnit], diversity: str, quality: str
-) -> dict[str, Any]:
+def summarize(models: Sequence[str], units: Sequence[FrontierUnit], diversity: str, quality: str) -> dict[str, Any]:
     """The frontier over the prompts, as JSON: per model and point, each measure's mean with its 95%
     bootstrap interval over the prompts, its paired difference from the model's `direct` point, whether the
     point is on the model's Pareto frontier of (diversity, quality) means; and per prompt every number.
@@ -310,9 +327,7 @@ def summarize(
             "id": pid,
             "prompt": texts[pid][0],
             "meta": texts[pid][1],
-            "points": {
-                u.model: {p["label"]: p["metrics"] for p in u.points} for u in units if u.prompt_id == pid
-            },
+            "points": {u.model: {p["label"]: p["metrics"] for p in u.points} for u in units if u.prompt_id == pid},
         }
         for pid in prompt_ids
     ]
@@ -330,3 +345,74 @@ def summarize(
 def _mean(point: dict[str, Any], name: str) -> float:
     value = (point["metrics"].get(name) or {}).get("mean")
     return float(value) if value is not None else math.nan
+
+
+# --- the Python API --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FrontierResult:
+    """A frontier over prompts: the `summarize` payload, with its table, plot and page."""
+
+    payload: dict[str, Any]
+    units: list[FrontierUnit]
+
+    def to_pandas(self) -> Any:
+        """One row per model and point: remedy, strength, each measure's mean and interval, on the frontier."""
+        import pandas as pd
+
+        rows = []
+        for p in self.payload["points"]:
+            row: dict[str, Any] = {k: p[k] for k in ("model", "remedy", "strength", "label", "on_front")}
+            for name, e in p["metrics"].items():
+                row |= {name: e.get("mean"), f"{name}_low": e.get("low"), f"{name}_high": e.get("high")}
+            rows.append(row)
+        return pd.DataFrame.from_records(rows)
+
+    def plot(self, path: str | Path) -> Path:
+        from modescope.viz.frontier_plot import plot_frontier
+
+        return plot_frontier(self.payload, Path(path))
+
+    def write_page(self, path: str | Path) -> Path:
+        from modescope.viz.frontier_html import frontier_page
+
+        target = Path(path)
+        target.write_text(frontier_page(self.payload), encoding="utf-8")
+        return target
+
+
+def frontier(
+    models: Backend | Sequence[Backend],
+    prompts: str | Sequence[str],
+    remedies: Sequence[str] = (),
+    *,
+    n: int = 8,
+    max_tokens: int = 32,
+    seed: int = 0,
+    guide: Backend | None = None,
+    guide_mix: str = "geometric",
+    reference: Backend | None = None,
+    reward: Reward | None = None,
+    embedder: Embedder | None = None,
+    diversity: str = "embedding_diversity",
+    quality: str = "fluency",
+    progress: Callable[[str], None] = lambda message: None,
+) -> FrontierResult:
+    """Every remedy of the grid (`modescope.remedies.grid` specs, default: every remedy but guided) on every
+    prompt and model, summarized over the prompts (nothing stored; `modescope frontier` stores)."""
+    from modescope.remedies.grid import DEFAULT_GRID, parse_grid
+
+    backends = [models] if isinstance(models, Backend) else list(models)
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not backends or not texts:
+        raise ModescopeError("give at least one model and one prompt")
+    if diversity not in DIVERSITY or quality not in QUALITY:
+        raise ModescopeError(f"the axes are one of {', '.join(DIVERSITY)} and one of {', '.join(QUALITY)}")
+    points = parse_grid(list(remedies) or list(DEFAULT_GRID))
+    settings = FrontierSettings(n, max_tokens, seed, guide_mix=guide_mix, embedder=embedder, reward=reward)
+    units = []
+    for backend in backends:
+        found = frontier_prompts(backend, texts, points, settings, guide=guide, reference=reference, progress=progress)
+        units += [FrontierUnit(backend.name, str(k + 1), texts[k], f["points"]) for k, f in enumerate(found)]
+    return FrontierResult(summarize([b.name for b in backends], units, diversity, quality), units)

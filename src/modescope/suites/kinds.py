@@ -134,27 +134,47 @@ def _sampler_of(probe: schema.SampleProbe) -> Any:
     )
 
 
-def _sample_output(result: Any) -> ProbeOutput:
+def _sample_output(result: Any, remedies: Any = None) -> ProbeOutput:
     from modescope.viz.tokens_html import sampling_page
 
     metrics = [Metric(m.model, name, _number(value)) for m in result.models for name, value in m.metrics.items()]
-    return ProbeOutput(metrics, result.to_dict(), {"samples.html": _html(sampling_page(result))})
+    payload = result.to_dict()
+    if remedies is not None and remedies.active:
+        payload["remedies"] = remedies.describe()
+    if remedies is not None and remedies.strategy == "verbalized":
+        from modescope.remedies.options import verbalized_summary
+
+        payload["verbalized"] = {}
+        for m in result.models:
+            cut = [c.finish_reason == "length" for c in m.completions]
+            found = payload["verbalized"][m.model] = verbalized_summary(m.texts, remedies.k, cut)
+            metrics.append(Metric(m.model, "vs_parse_rate", _number(found["parse_rate"])))
+    return ProbeOutput(metrics, payload, {"samples.html": _html(sampling_page(result))})
+
+
+def _remedies_of(probe: schema.SampleProbe, like: Backend) -> Any:
+    """The probe's prompt strategy and guide (loaded, seen through `like`'s chat template)."""
+    from modescope.remedies.options import Remedies
+
+    guide = _extra_model(probe.guide, like) if probe.guide else None
+    return Remedies(probe.strategy, probe.k, guide, probe.guide_alpha, probe.guide_mix)
 
 
 def run_sample(ctx: ProbeContext, probe: schema.SampleProbe) -> ProbeOutput:
     from modescope.probes.sampling import sample_models
 
+    remedies = _remedies_of(probe, ctx.backends[0])
     result = sample_models(
-        ctx.backends,
-        ctx.prompt,
+        [_remedies_of(probe, b).backend(b, keep_name=True) for b in ctx.backends],
+        remedies.prompt(ctx.prompt),
         n=probe.n,
         max_tokens=probe.max_tokens,
         sampler=_sampler_of(probe),
         seed=probe.seed,
-        stop=probe.stop,
+        stop=remedies.stop(probe.stop),
         progress=lambda model: ctx.progress(f"{model}: {probe.n} completions"),
     )
-    return _sample_output(result)
+    return _sample_output(result, remedies)
 
 
 def _sample_prompts(
@@ -163,17 +183,18 @@ def _sample_prompts(
     """n completions of each prompt, every prompt decoded in one batch (same samples as one at a time)."""
     from modescope.probes.sampling import sample_prompts
 
+    remedies = _remedies_of(probe, backend)
     results = sample_prompts(
-        backend,
-        prompts,
+        remedies.backend(backend, keep_name=True),
+        [str(remedies.prompt(p)) for p in prompts],
         n=probe.n,
         max_tokens=probe.max_tokens,
         sampler=_sampler_of(probe),
         seed=probe.seed,
-        stop=probe.stop,
+        stop=remedies.stop(probe.stop),
     )
     progress(f"{backend.name}: {len(prompts)} prompts x {probe.n} completions")
-    return [_sample_output(r) for r in results]
+    return [_sample_output(r, remedies) for r in results]
 
 
 def run_temperature(ctx: ProbeContext, probe: schema.TemperatureProbe) -> ProbeOutput:
@@ -413,7 +434,12 @@ def run_frontier(ctx: ProbeContext, probe: schema.FrontierProbe) -> ProbeOutput:
     from modescope.probes.frontier import FrontierUnit
 
     units = [
-        FrontierUnit(backend.name, "1", ctx.prompt, _frontier_prompts(backend, probe, [ctx.prompt], ctx.progress)[0].payload["points"])
+        FrontierUnit(
+            backend.name,
+            "1",
+            ctx.prompt,
+            _frontier_prompts(backend, probe, [ctx.prompt], ctx.progress)[0].payload["points"],
+        )
         for backend in ctx.backends
     ]
     return frontier_output(probe, ctx.names(), units)

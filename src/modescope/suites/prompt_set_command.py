@@ -110,7 +110,10 @@ def run_prompt_set(
 
         json_path.write_text(_dumps(output.payload, indent=1), encoding="utf-8")
         console.print(f"wrote {json_path}")
-    for path, name in ((html, "frontier.html" if frontier else "prompts.html"), (png, "frontier.png" if frontier else "metrics.png")):
+    for path, name in (
+        (html, "frontier.html" if frontier else "prompts.html"),
+        (png, "frontier.png" if frontier else "metrics.png"),
+    ):
         if path is not None and name in output.artifacts:
             path.write_bytes(output.artifacts[name].data)
             console.print(f"wrote {path}")

@@ -195,6 +195,12 @@ class SampleProbe(ProbeBase):
     sampler_order: list[str] | None = None  # the samplers' order (default: modescope's)
     seed: int = 0
     stop: list[str] = Field(default_factory=list)
+    # remedies besides the sampler chain (see modescope.remedies): a prompt strategy, and base-guided decoding
+    strategy: Literal["direct", "vary", "few-shot", "verbalized"] = "direct"
+    k: int = Field(5, ge=2, le=20)  # responses per generation of the verbalized strategy
+    guide: str | None = None  # a model with the same tokenizer (the tuned model's base), mixed in with guide_alpha
+    guide_alpha: float = Field(0.5, ge=0, le=1)
+    guide_mix: Literal["geometric", "arithmetic"] = "geometric"
 
     later_keys: ClassVar[tuple[str, ...]] = (
         *ProbeBase.later_keys,
@@ -203,6 +209,11 @@ class SampleProbe(ProbeBase):
         "xtc_threshold",
         "xtc_probability",
         "sampler_order",
+        "strategy",
+        "k",
+        "guide",
+        "guide_alpha",
+        "guide_mix",
     )
 
 

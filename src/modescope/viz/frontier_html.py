@@ -159,9 +159,7 @@ def points_table(payload: dict[str, Any]) -> str:
             f"<tr class='{'front' if p.get('on_front') else ''}'><td>{html.escape(p['model'])}</td>"
             f"<td>{html.escape(p['label'])}</td><td>{mark}</td>{cells}</tr>"
         )
-    return (
-        f"<table><tr><th>model</th><th>point</th><th>on the frontier</th>{head}</tr>{''.join(rows)}</table>"
-    )
+    return f"<table><tr><th>model</th><th>point</th><th>on the frontier</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def frontier_page(payload: dict[str, Any]) -> str:

@@ -87,11 +87,17 @@ def _draw_model(ax: Any, own: list[dict[str, Any]], x_name: str, y_name: str, co
             if p["strength"] is not None and math.isfinite(x[0]) and math.isfinite(y[0]):
                 ax.annotate(f"{p['strength']:g}", (x[0], y[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     if direct is not None:
-        x, y = _estimate(direct, x_name)[0], _estimate(direct, y_name)[0]
-        ax.plot([x], [y], marker="*", color="black", markersize=13, linestyle="none", label="direct", zorder=5)
-    front = sorted(
-        (_estimate(p, x_name)[0], _estimate(p, y_name)[0]) for p in own if p.get("on_front")
-    )
+        ax.plot(
+            [_estimate(direct, x_name)[0]],
+            [_estimate(direct, y_name)[0]],
+            marker="*",
+            color="black",
+            markersize=13,
+            linestyle="none",
+            label="direct",
+            zorder=5,
+        )
+    front = sorted((_estimate(p, x_name)[0], _estimate(p, y_name)[0]) for p in own if p.get("on_front"))
     if front:
         ax.plot(*zip(*front, strict=True), linestyle="--", color="grey", linewidth=1)
         ax.scatter(*zip(*front, strict=True), s=140, facecolors="none", edgecolors="black", linewidths=1, zorder=6)
