@@ -51,6 +51,7 @@ class FrontierSettings:
     guide_mix: str = "geometric"
     embedder: Embedder | None = None
     reward: Reward | None = None
+    stop: tuple[str, ...] = ()  # ends every text but a verbalized generation's (whose responses are lines)
 
 
 @dataclass
@@ -111,7 +112,8 @@ def sample_point(
     sampler = point_sampler(point, settings)
     if point.remedy == "verbalized":
         return _verbalized_point(point, model, ids, sampler, settings)
-    stop = stop_strings(point.remedy) if point.remedy in ("vary", "few-shot") else ()
+    own = stop_strings(point.remedy) if point.remedy in ("vary", "few-shot") else ()
+    stop = tuple(dict.fromkeys([*settings.stop, *own]))
     groups = generate_groups(
         model, ids, settings.n, settings.max_tokens, sampler=sampler, seed=settings.seed, stop=stop
     )
@@ -395,6 +397,7 @@ def frontier(
     reference: Backend | None = None,
     reward: Reward | None = None,
     embedder: Embedder | None = None,
+    stop: Sequence[str] = (),
     diversity: str = "embedding_diversity",
     quality: str = "fluency",
     progress: Callable[[str], None] = lambda message: None,
@@ -410,7 +413,9 @@ def frontier(
     if diversity not in DIVERSITY or quality not in QUALITY:
         raise ModescopeError(f"the axes are one of {', '.join(DIVERSITY)} and one of {', '.join(QUALITY)}")
     points = parse_grid(list(remedies) or list(DEFAULT_GRID))
-    settings = FrontierSettings(n, max_tokens, seed, guide_mix=guide_mix, embedder=embedder, reward=reward)
+    settings = FrontierSettings(
+        n, max_tokens, seed, guide_mix=guide_mix, embedder=embedder, reward=reward, stop=tuple(stop)
+    )
     units = []
     for backend in backends:
         found = frontier_prompts(backend, texts, points, settings, guide=guide, reference=reference, progress=progress)

@@ -56,6 +56,9 @@ def frontier_command(
     n: Annotated[int, typer.Option("-n", "--n", help="Texts per prompt and point.")] = 8,
     max_tokens: Annotated[int, typer.Option(help="Tokens per text (per response for verbalized).")] = 32,
     seed: Annotated[int, typer.Option(help="Random seed of every point.")] = 0,
+    stop: Annotated[
+        list[str] | None, typer.Option("--stop", help="Stop string of every point but verbalized; repeat for more.")
+    ] = None,
     xtc_threshold: Annotated[float, typer.Option(help="XTC's threshold for the xtc remedy.")] = 0.1,
     guide: Annotated[
         str | None, typer.Option(help="Guide model of the guided remedy: the tuned model's base (same tokenizer).")
@@ -105,6 +108,7 @@ def frontier_command(
             "n": n,
             "max_tokens": max_tokens,
             "seed": seed,
+            "stop": stop or None,
             "xtc_threshold": xtc_threshold,
             "guide": guide,
             "guide_mix": guide_mix.value,

@@ -396,7 +396,15 @@ def _frontier_settings(probe: schema.FrontierProbe) -> Any:
         from modescope.lab.rewards import make_reward
 
         reward = make_reward(probe.reward)
-    return FrontierSettings(probe.n, probe.max_tokens, probe.seed, probe.xtc_threshold, probe.guide_mix, reward=reward)
+    return FrontierSettings(
+        probe.n,
+        probe.max_tokens,
+        probe.seed,
+        probe.xtc_threshold,
+        probe.guide_mix,
+        reward=reward,
+        stop=tuple(probe.stop),
+    )
 
 
 def _frontier_prompts(

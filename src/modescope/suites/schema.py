@@ -273,6 +273,7 @@ class FrontierProbe(ProbeBase):
     n: int = Field(8, ge=2, le=256)
     max_tokens: int = Field(32, ge=1, le=512)
     seed: int = 0
+    stop: list[str] = Field(default_factory=list)  # for every point but verbalized (its responses are lines)
     xtc_threshold: float = Field(0.1, ge=0, le=1)
     guide: str | None = None  # the guide model of base-guided points: the tuned model's base, same tokenizer
     guide_mix: Literal["geometric", "arithmetic"] = "geometric"
