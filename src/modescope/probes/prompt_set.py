@@ -28,6 +28,9 @@ from modescope.suites.prompt_sets import PromptItem, from_list, load_prompts_fil
 if TYPE_CHECKING:
     import pandas as pd
 
+    from modescope.metrics.embeddings import Embedder
+    from modescope.metrics.homogeneity import HomogeneityResult
+
 PromptsLike = Sequence[str | dict[str, Any] | PromptItem]
 
 
@@ -51,6 +54,22 @@ class PromptSetResult:
             if unit.record.prompt_id == prompt_id and unit.record.model == model:
                 return unit.output
         raise ModescopeError(f"no prompt {prompt_id!r} with model {model!r} in this result")
+
+    def samples(self) -> dict[str, dict[str, list[str]]]:
+        """A sample probe's completions: per prompt id, per model, the texts."""
+        if self.kind != "sample":
+            raise ModescopeError(f"a {self.kind} probe keeps no sampled texts; run the `sample` probe")
+        from modescope.suites.aggregate import sample_texts
+
+        return sample_texts(self.models, self.units)
+
+    def homogeneity(self, embedder: Embedder | None = None, threshold: float = 0.8) -> HomogeneityResult:
+        """Cross-model homogeneity of a sample probe's completions (intra- and inter-model embedding
+        similarity, see modescope.metrics.homogeneity), with any embedder and threshold. With two models or
+        more the aggregate already holds it for the defaults: `aggregate["homogeneity"]`."""
+        from modescope.metrics.homogeneity import homogeneity
+
+        return homogeneity(self.samples(), embedder=embedder, threshold=threshold, models=self.models)
 
     def to_pandas(self) -> pd.DataFrame:
         """Every per-prompt metric: prompt, model, metric, value."""

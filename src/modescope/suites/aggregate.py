@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modescope.errors import ModescopeError
 from modescope.jsonsafe import finite
 from modescope.metrics.paired import bootstrap_means, paired_differences
 from modescope.store import Artifact, Metric, ProbeOutput, StoredUnit
@@ -33,6 +34,8 @@ from modescope.store import Artifact, Metric, ProbeOutput, StoredUnit
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from rich.console import Console
+
+    from modescope.metrics.homogeneity import HomogeneityResult
 
 DIVERGENCES = ("js_bits", "tv")  # compared per prompt between two models' distributions (distribution kind)
 MOST_DIFFERENT = 10  # prompts listed per pair where the models differ most
@@ -199,18 +202,26 @@ def aggregate(
          "pairs": [{"a", "b", "metrics": {M: {"mean", "low", "high", "n", "wilcoxon_p", "a_higher", "b_higher",
                     "ties"}}, "comparisons": {D: {"mean", "low", "high", "n"}}}],
          "most_different": [{"a", "b", "metric", "by", "prompts": [{"id", "a", "b", "diff", "score"}]}],
-         "failed": failed}
+         "failed": failed,
+         "homogeneity": HomogeneityResult.to_dict()}
 
     with None for what was not measured (strict JSON); "comparisons" (D: js_bits, tv) only for distribution
-    probes. `failed` lists the units given up on (as `Store.failures` gives them); they are left out of the
-    statistics, kept in the payload and listed on the page."""
+    probes; "homogeneity" (with `homogeneity.png` and the metrics of `homogeneity_metrics`) only for sample
+    probes where two models or more stored completions: intra- and inter-model similarity of the texts
+    (modescope.metrics.homogeneity). `failed` lists the units given up on (as `Store.failures` gives them);
+    they are left out of the statistics, kept in the payload and listed on the page."""
     table = _table(kind, models, units)
     payload = _payload(table, failed)
+    similar, notes = _homogeneity(table) if kind == "sample" else (None, [])
+    if similar is not None:
+        payload["homogeneity"] = similar.to_dict()
     artifacts = {"prompts.html": Artifact("text/html", prompts_page(payload, _views(table)).encode("utf-8"))}
     if table.names:
         artifacts = {"metrics.png": _png(table), **artifacts}
-    notes = [f"{len(failed)} unit(s) failed and are left out of the statistics"] if failed else []
-    return ProbeOutput(_metrics(payload), payload, artifacts, notes)
+    if similar is not None:
+        artifacts["homogeneity.png"] = _homogeneity_png(similar)
+    notes += [f"{len(failed)} unit(s) failed and are left out of the statistics"] if failed else []
+    return ProbeOutput(_metrics(payload) + homogeneity_metrics(payload), payload, artifacts, notes)
 
 
 def _statistics(table: Table) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
@@ -329,6 +340,85 @@ PAIR_METRICS = [
     ("b_higher", "b_higher"),
     ("a_higher", "a_higher"),
 ]
+
+
+# --- cross-model homogeneity (sample probes) ----------------------------------------------------------------
+
+
+def _unit_texts(unit: StoredUnit) -> list[str] | None:
+    """The completions' texts a sample unit stored (its one model's result); None when it holds none."""
+    results = unit.output.payload.get("models", [])
+    if len(results) != 1:  # one model's unit: its one result, whatever name the backend gave it
+        results = [r for r in results if isinstance(r, dict) and r.get("model") == unit.record.model]
+    if not results or not isinstance(results[0], dict) or "completions" not in results[0]:
+        return None
+    return [c["text"] for c in results[0]["completions"] if isinstance(c, dict) and isinstance(c.get("text"), str)]
+
+
+def sample_texts(models: Sequence[str], units: Sequence[StoredUnit]) -> dict[str, dict[str, list[str]]]:
+    """Per prompt id (in the set's order), per model (of the listed ones): the texts of the completions its
+    sample unit stored. A unit without completions (another kind, a failed unit) is left out, so its model
+    counts as missing on that prompt."""
+    found: dict[str, dict[str, list[str]]] = {}
+    for prompt in _group(models, units):
+        row = found.setdefault(prompt.id, {})
+        for model in models:
+            texts = _unit_texts(prompt.units[model]) if model in prompt.units else None
+            if texts is not None:
+                row[model] = texts
+    return found
+
+
+def _homogeneity(table: Table) -> tuple[HomogeneityResult | None, list[str]]:
+    """Cross-model homogeneity of a sample probe's completions, when two models or more stored texts (one
+    model alone has no one to be alike: its units' embedding_diversity is 1 - its intra similarity); and a
+    note when the embedder could not be loaded (the rest of the aggregate stands)."""
+    from modescope.metrics.homogeneity import homogeneity
+
+    units = [u for p in table.prompts for u in p.units.values()]
+    samples = sample_texts(table.models, units)
+    answered = {m for row in samples.values() for m, texts in row.items() if texts}
+    if len(answered) < 2:
+        return None, []
+    try:
+        return homogeneity(samples, models=[m for m in table.models if m in answered]), []
+    except ModescopeError as exc:
+        return None, [f"cross-model homogeneity skipped: {exc}"]
+
+
+def _homogeneity_png(result: HomogeneityResult) -> Artifact:
+    import tempfile
+    from pathlib import Path
+
+    from modescope.viz.homogeneity_plot import plot_homogeneity
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = plot_homogeneity(result, Path(folder) / "homogeneity.png")
+        return Artifact("image/png", path.read_bytes())
+
+
+def homogeneity_metrics(payload: dict[str, Any]) -> list[Metric]:
+    """From payload["homogeneity"], if any: per model `intra_similarity` (with `.ci_low`, `.ci_high`) and
+    `intra_share_above` (the share of prompts whose intra similarity exceeds the payload's threshold, 0.8, with
+    its interval); per pair ("a vs b") `inter_similarity` with its interval."""
+    found: list[Metric] = []
+    data = payload.get("homogeneity")
+    if not data:
+        return found
+
+    def three(model: str, name: str, e: dict[str, Any]) -> list[Metric]:
+        return [
+            Metric(model, name, e["mean"]),
+            Metric(model, f"{name}.ci_low", e["low"]),
+            Metric(model, f"{name}.ci_high", e["high"]),
+        ]
+
+    for model in data["models"]:
+        found += three(model, "intra_similarity", data["intra"][model])
+        found += three(model, "intra_share_above", data["share_above"][model])
+    for pair in data["inter"]:
+        found += three(pair_label(pair["a"], pair["b"]), "inter_similarity", pair)
+    return found
 
 
 # --- the figure --------------------------------------------------------------------------------------------
@@ -526,6 +616,8 @@ def _prompts_table(payload: dict[str, Any]) -> str:
     head += [f"{b} − {a}: {heads[0]}" for a, b in pairs] if heads else []
     compared = [(a, b) for a, b in pairs if "comparisons" in prompts[0]] if prompts else []
     head += [f"{pair_label(a, b)}: {d}" for a, b in compared for d in DIVERGENCES]
+    similar = _similarity_columns(payload)
+    head += list(similar)
     rows = []
     for k, p in enumerate(prompts):
         cells = [f"<td>{_e(p['id'])}</td>"]
@@ -539,9 +631,34 @@ def _prompts_table(payload: dict[str, Any]) -> str:
         for a, b in compared:
             found = p.get("comparisons", {}).get(pair_label(a, b), {})
             cells += [_number_cell(found.get(d)) for d in DIVERGENCES]
+        cells += [_number_cell(column.get(p["id"])) for column in similar.values()]
         rows.append(f'<tr data-index="{k}" tabindex="0">{"".join(cells)}</tr>')
     header = "".join(f'<th title="sort">{_e(h)}</th>' for h in head)
     return f'<table id="prompts"><thead><tr>{header}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def _similarity_columns(payload: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """Columns of the prompts table from payload["homogeneity"]: each model's intra similarity, and the mean
+    inter similarity over the pairs measured, by prompt id."""
+    data = payload.get("homogeneity")
+    if not data:
+        return {}
+    columns: dict[str, dict[str, float | None]] = {}
+    for model in data["models"]:
+        columns[f"{model}: intra sim."] = {p["id"]: p["intra"].get(model) for p in data["prompts"]}
+    inter: dict[str, float | None] = {}
+    for p in data["prompts"]:
+        found = [v for v in p["inter"].values() if v is not None]
+        inter[p["id"]] = float(np.mean(found)) if found else None
+    columns["inter sim. (mean of pairs)" if len(data["models"]) > 2 else "inter sim."] = inter
+    return columns
+
+
+def _homogeneity_section(payload: dict[str, Any]) -> str:
+    from modescope.viz.homogeneity_plot import homogeneity_html
+
+    data = payload.get("homogeneity")
+    return f"<h2>Cross-model homogeneity</h2>{homogeneity_html(data)}" if data else ""
 
 
 def _failed_section(failed: Sequence[dict[str, Any]]) -> str:
@@ -729,6 +846,7 @@ prompt, with the two-sided Wilcoxon signed-rank test. Click a prompt to open eac
 {_paired_tables(payload)}
 <h2>Where the models differ most</h2>
 {_different_section(payload) or "<p class='meta'>one model: nothing to compare</p>"}
+{_homogeneity_section(payload)}
 <section id="detail" hidden></section>
 <h2>Every prompt</h2>
 <input id="filter" type="search" placeholder="filter by id, category or text" aria-label="filter prompts">
@@ -769,5 +887,35 @@ def print_aggregate(payload: dict[str, Any], console: Console) -> None:
         for name, e in pair["comparisons"].items():
             paired.add_row(escape(name), escape(_interval(e)), "", "between the two distributions, mean over prompts")
         console.print(paired)
+    if payload.get("homogeneity"):
+        print_homogeneity(payload["homogeneity"], console)
     if payload["failed"]:
         console.print(f"[yellow]{len(payload['failed'])} unit(s) failed and are left out[/]", highlight=False)
+
+
+def print_homogeneity(data: dict[str, Any], console: Console) -> None:
+    """The cross-model homogeneity of a payload in the terminal: the models x models similarity matrix (intra
+    on the diagonal) and each model's share of prompts above the threshold."""
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    models = data["models"]
+    title = (
+        f"cross-model homogeneity: mean embedding cosine over {data['n_prompts']} prompts (diagonal: within a model)"
+    )
+    matrix = RichTable(title=escape(title), title_justify="left")
+    matrix.add_column("")
+    for model in models:
+        matrix.add_column(escape(model), justify="right")
+    for model, row in zip(models, data["matrix"], strict=True):
+        matrix.add_row(escape(model), *(escape(_fmt(v)) for v in row))
+    above = f"prompts above {data['threshold']:g} [95% CI]"
+    matrix.add_section()
+    matrix.add_row(escape(above), *(escape(_share(data["share_above"][m])) for m in models))
+    console.print(matrix)
+
+
+def _share(estimate: dict[str, Any]) -> str:
+    if estimate.get("mean") is None:
+        return "–"
+    return f"{estimate['mean']:.0%} [{estimate['low']:.0%}, {estimate['high']:.0%}]"

@@ -36,6 +36,7 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
         ("distinct_2", "distinct-2"),
         ("embedding_diversity", "emb. diversity"),
         ("equivalence_classes", "classes"),
+        ("intra_similarity", "intra sim."),  # prompt-set sample probes over 2+ models (cross-model homogeneity)
     ],
     "temperature": [
         ("tau_star_token", "τ* token"),
@@ -202,6 +203,19 @@ def _prompt_set_table(payload: dict[str, Any]) -> str:
     return f"<p class='meta'>over {count} prompts</p>{table}"
 
 
+def _homogeneity_section(output: ProbeOutput) -> str:
+    """A prompt-set sample probe's cross-model homogeneity: the heatmap, the matrix with each model's share of
+    prompts above the threshold, and each pair's inter similarity; nothing when the payload has none."""
+    from modescope.viz.homogeneity_plot import homogeneity_html
+
+    data = output.payload.get("homogeneity")
+    if not data:
+        return ""
+    figure = output.artifacts.get("homogeneity.png")
+    image = _artifact("homogeneity.png", figure.mime, figure.data, "sample") if figure is not None else ""
+    return f"<h3>Cross-model homogeneity</h3>{image}{homogeneity_html(data)}"
+
+
 def _bounds_section(bounded: dict[str, dict[str, Any]]) -> str:
     """Per bounded model: its label, coverage interval and the top outcomes' mass intervals."""
     parts = []
@@ -251,7 +265,12 @@ def _probe_section(probe: dict[str, Any], output: ProbeOutput) -> str:
     badge = '<span class="kind cached">from cache</span>' if probe["from_cache"] else ""
     notes = "".join(f"<p class='notes'>{_e(n)}</p>" for n in output.notes)
     bounded = _bounded(probe["kind"], output.payload)
-    artifacts = "".join(_artifact(name, a.mime, a.data, probe["kind"]) for name, a in output.artifacts.items())
+    similar = _homogeneity_section(output)
+    artifacts = "".join(
+        _artifact(name, a.mime, a.data, probe["kind"])
+        for name, a in output.artifacts.items()
+        if not (similar and name == "homogeneity.png")  # shown in its own section
+    )
     return f"""
 <section class="probe" id="probe-{_e(probe["name"])}">
 <h2>{_e(title)} <span class="kind">{_e(probe["kind"])}</span>{badge}</h2>
@@ -260,6 +279,7 @@ def _probe_section(probe: dict[str, Any], output: ProbeOutput) -> str:
 {notes}
 <h3>Metrics</h3>
 {_prompt_set_table(output.payload) if "per_model" in output.payload else _metrics_table(output, bounded)}
+{similar}
 {_bounds_section(bounded)}
 <h3>Figures and views</h3>
 {artifacts}
