@@ -191,7 +191,11 @@ def headlines(kind: str, names: Sequence[str]) -> list[str]:
 
 
 def aggregate(
-    kind: str, models: list[str], units: list[StoredUnit], failed: Sequence[dict[str, Any]] = ()
+    kind: str,
+    models: list[str],
+    units: list[StoredUnit],
+    failed: Sequence[dict[str, Any]] = (),
+    probe: Any = None,
 ) -> ProbeOutput:
     """The prompt-set probe's output from its units (of the listed models; the first is the base of every
     pair): metrics (see `_metrics`), `metrics.png`, `prompts.html` and the payload
@@ -210,6 +214,8 @@ def aggregate(
     probes where two models or more stored completions: intra- and inter-model similarity of the texts
     (modescope.metrics.homogeneity). `failed` lists the units given up on (as `Store.failures` gives them);
     they are left out of the statistics, kept in the payload and listed on the page."""
+    if kind == "frontier":  # a frontier is summarized per remedy point, not per metric (`probe` names its axes)
+        return _frontier(probe, models, units, failed)
     table = _table(kind, models, units)
     payload = _payload(table, failed)
     similar, notes = _homogeneity(table) if kind == "sample" else (None, [])
@@ -222,6 +228,19 @@ def aggregate(
         artifacts["homogeneity.png"] = _homogeneity_png(similar)
     notes += [f"{len(failed)} unit(s) failed and are left out of the statistics"] if failed else []
     return ProbeOutput(_metrics(payload) + homogeneity_metrics(payload), payload, artifacts, notes)
+
+
+def _frontier(probe: Any, models: list[str], units: list[StoredUnit], failed: Sequence[dict[str, Any]]) -> ProbeOutput:
+    """A frontier probe's output over the prompts: its units' points summarized (see `kinds.frontier_output`)."""
+    from modescope.probes.frontier import FrontierUnit
+    from modescope.suites.kinds import frontier_output
+
+    found = [
+        FrontierUnit(u.record.model, u.record.prompt_id, u.record.prompt, u.output.payload["points"], u.record.meta)
+        for u in units
+        if u.record.model in models
+    ]
+    return frontier_output(probe, models, found, failed)
 
 
 def _statistics(table: Table) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:

@@ -25,6 +25,7 @@ from modescope.store import Metric, ProbeOutput, Store
 
 # The numbers the overview shows per probe kind (all metrics are in each probe's own table).
 HEADLINES: dict[str, list[tuple[str, str]]] = {
+    "frontier": [("direct: embedding_diversity", "direct emb. diversity"), ("direct: fluency", "direct fluency")],
     "distribution": [
         ("top1", "top-1"),
         ("top1_share", "top-1 share"),
@@ -51,7 +52,14 @@ HEADLINES: dict[str, list[tuple[str, str]]] = {
         ("nodes", "blocks"),
     ],
 }
-FRAME_HEIGHT = {"multiverse": 980, "sample": 720, "attractor": 720, "forks": 640, "prompts.html": 1100}
+FRAME_HEIGHT = {
+    "multiverse": 980,
+    "sample": 720,
+    "attractor": 720,
+    "forks": 640,
+    "prompts.html": 1100,
+    "frontier.html": 1300,
+}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #1b1b1b; background: #f6f6f4; }
@@ -252,6 +260,18 @@ def _artifact(name: str, mime: str, data: bytes, kind: str) -> str:
     return f"<p class='meta'>{_e(name)} ({_e(mime)}, {len(data)} bytes) is not shown</p>"
 
 
+def _numbers(kind: str, output: ProbeOutput, bounded: dict[str, dict[str, Any]]) -> str:
+    """The probe's numbers: a frontier's points, a prompt set's estimates, or one prompt's metrics."""
+    if kind == "frontier":
+        from modescope.viz.frontier_html import points_table
+
+        count = len(output.payload.get("prompts", []))
+        return f"<p class='meta'>over {count} prompts · 95% bootstrap intervals</p>{points_table(output.payload)}"
+    if "per_model" in output.payload:
+        return _prompt_set_table(output.payload)
+    return _metrics_table(output, bounded)
+
+
 def _probe_section(probe: dict[str, Any], output: ProbeOutput) -> str:
     params = dict(probe["params"])
     prompt = params.pop("rendered_prompt", "")
@@ -278,7 +298,7 @@ def _probe_section(probe: dict[str, Any], output: ProbeOutput) -> str:
 <div class="prompt">{_e(prompt)}</div>
 {notes}
 <h3>Metrics</h3>
-{_prompt_set_table(output.payload) if "per_model" in output.payload else _metrics_table(output, bounded)}
+{_numbers(probe["kind"], output, bounded)}
 {similar}
 {_bounds_section(bounded)}
 <h3>Figures and views</h3>
