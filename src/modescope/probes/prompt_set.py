@@ -95,7 +95,7 @@ def over_prompts(
     prompts: PromptsLike,
     **settings: Any,
 ) -> PromptSetResult:
-    """The probe `kind` (distribution, sample, temperature, attractor, forks, multiverse) with the settings a
+    """The probe `kind` (distribution, sample, temperature, attractor, forks, multiverse, frontier) with the settings a
     suite probe of that kind takes (e.g. n=8, max_tokens=32; integers=(0, 100)) on every prompt and model."""
     from modescope.suites import schema
     from modescope.suites.aggregate import aggregate
@@ -119,4 +119,4 @@ def over_prompts(
             for result in compute_batch(backend, batch, lambda message: None):
                 found[(result.unit.prompt_id, backend.name)] = StoredUnit(result.unit, result.output, 0.0, False)
     units = [found[(p.id, name)] for p in items for name in names]  # prompt by prompt, models in order
-    return PromptSetResult(kind, names, items, units, aggregate(kind, names, units))
+    return PromptSetResult(kind, names, items, units, aggregate(kind, names, units, probe=probe))
