@@ -1338,6 +1338,7 @@ def _register_subcommands() -> None:
     """Command groups that live next to their code (their modules import only typer at the top)."""
     from modescope.lab.cli import lab_app
     from modescope.remedies.frontier_cli import frontier_command
+    from modescope.remedies.verbalized_cli import verbalized_command
     from modescope.suites import commands
     from modescope.web.cli import serve
 
@@ -1349,6 +1350,7 @@ def _register_subcommands() -> None:
     app.command("export")(commands.export_command)
     app.command("report")(commands.report_command)
     app.command("frontier")(frontier_command)
+    app.command("verbalized")(verbalized_command)
 
 
 _register_subcommands()
