@@ -61,8 +61,9 @@ class PointSamples:
     texts: list[str]
     asked: int  # responses asked for (Verbalized Sampling: k per generation), else the generations
     parsed: int  # responses obtained (= asked outside Verbalized Sampling)
-    # the sampled token ids of each text (special tokens left out); None for parsed responses
-    ids: list[list[int]] | None = None
+    # the sampled token ids of each text (special tokens left out), None for a text cut at a stop string;
+    # None for all of them for parsed responses
+    ids: list[list[int] | None] | None = None
 
 
 def point_sampler(point: RemedyPoint, settings: FrontierSettings) -> SamplerSettings:
@@ -115,13 +116,20 @@ def sample_point(
     own = stop_strings(point.remedy) if point.remedy in ("vary", "few-shot") else ()
     stop = tuple(dict.fromkeys([*settings.stop, *own]))
     groups = generate_groups(
-        model, ids, settings.n, settings.max_tokens, sampler=sampler, seed=settings.seed, stop=stop
+        model,
+        ids,
+        settings.n,
+        settings.max_tokens,
+        sampler=sampler,
+        seed=settings.seed,
+        stop=stop,
+        top_k_alternatives=0,
     )
     found = []
     for group in groups:
         texts = [_cut(c.text, stop) for c in group]
         # a text cut at a stop string is scored as text; the others exactly as sampled
-        tokens = None if stop else [[t.id for t in c.tokens if not t.special] for c in group]
+        tokens = [None if c.finish_reason == "stop" else [t.id for t in c.tokens if not t.special] for c in group]
         found.append(PointSamples(texts, settings.n, settings.n, tokens))
     return found
 
@@ -165,20 +173,23 @@ def fluency(reference: Backend, prompts: Sequence[str], found: Sequence[PointSam
     rows: list[tuple[int, list[int], list[int]]] = []
     for k, (prompt, samples) in enumerate(zip(prompts, found, strict=True)):
         prompt_ids = reference.prompt_ids(prompt)
-        if same and samples.ids is not None:
-            rows += [(k, prompt_ids, ids) for ids in samples.ids if ids]
-            continue
-        plain = reference.chat_style is None
-        for text in samples.texts:
-            spaced = plain and text[:1] and not text[0].isspace() and not prompt[-1:].isspace()
-            ids = reference.encode(" " + text if spaced else text, add_special_tokens=False)
-            if ids:
-                rows.append((k, prompt_ids, ids))
+        sampled = samples.ids if same and samples.ids is not None else [None] * len(samples.texts)
+        for text, ids in zip(samples.texts, sampled, strict=True):
+            scored = ids if ids is not None else _encoded(reference, prompt, text)
+            if scored:
+                rows.append((k, prompt_ids, scored))
     scores = continuation_logprobs(reference, [r[1] for r in rows], [r[2] for r in rows])
     per_prompt: list[list[float]] = [[] for _ in prompts]
     for (k, _, _), score in zip(rows, scores, strict=True):
         per_prompt[k].append(mean_logprob(score))
     return [math.fsum(v) / len(v) if v else math.nan for v in per_prompt]
+
+
+def _encoded(reference: Backend, prompt: str, text: str) -> list[int]:
+    """A text as the reference would read it after the plain prompt: with a space before it when neither
+    brings one (a parsed response starts with its first word)."""
+    spaced = reference.chat_style is None and text[:1] and not text[0].isspace() and not prompt[-1:].isspace()
+    return reference.encode(" " + text if spaced else text, add_special_tokens=False)
 
 
 def measure(
