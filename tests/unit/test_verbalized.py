@@ -133,7 +133,7 @@ def test_text_around_the_list_is_not_an_item() -> None:
     text = (
         "Sure! Here are 3 colours with their probabilities:\n\n"
         "1. (probability 0.5) Blue\n2. (probability 0.3) Red\n3. (probability 0.2) Green\n\n"
-        "I hope this helps! Let me know if you need 100% more."
+        "80% of people would pick one of these.\nI hope this helps! Let me know if you need 100% more."
     )
     parse = parse_verbalized(text, 3)
     assert parse.complete and [r.text for r in parse.responses] == ["Blue", "Red", "Green"]
@@ -384,6 +384,7 @@ def test_stated_vs_real_end_to_end_with_hand_computed_probabilities() -> None:
     data = json.loads(json.dumps(result.to_dict()))
     assert data["parse_rate"] == 1.0 and len(data["rows"]) == 4 and len(data["generations"]) == 3
     assert data["generations"][0]["text"] == SCRIPT
+    assert data["direct_outputs"] == [c.text for c in direct]
 
 
 def test_the_exact_logprob_is_the_brute_force_sum_over_the_canonical_tokens() -> None:

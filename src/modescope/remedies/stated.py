@@ -84,6 +84,7 @@ class StatedVsReal:
     spearman_frequency_reason: str | None
     direct_matched: float  # share of direct samples equal to some row
     notes: list[str] = field(default_factory=list)  # responses that could not be scored, and why
+    direct_outputs: list[str] = field(default_factory=list)  # the direct samples, as written
 
     @property
     def parse_rate(self) -> float:
@@ -100,7 +101,8 @@ class StatedVsReal:
         return sum(len(p.unparsed) for p in self.parses)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape: settings, summary, one entry per row, and every generation with its parse."""
+        """The JSON shape: settings, summary, one entry per row, every generation with its parse, and the
+        direct samples."""
         return {
             "model": self.model,
             "prompt": self.prompt,
@@ -130,6 +132,7 @@ class StatedVsReal:
                 }
                 for text, p in zip(self.outputs, self.parses, strict=True)
             ],
+            "direct_outputs": self.direct_outputs,
         }
 
 
@@ -212,6 +215,7 @@ def stated_vs_real(
         why_freq,
         matched / n_direct,
         notes,
+        [c.text for c in direct],
     )
 
 

@@ -166,7 +166,8 @@ def parse_verbalized(text: str, k: int, truncated: bool = False) -> VerbalizedPa
 
     Accepted, besides the prompt's `1. (probability 0.30) text`:
     - items numbered `1.`, `1)`, `(1)`, `#1`, `1:`, `Response 1:`, or bulleted (`-`, `*`, `•`, `+`), or not
-      marked at all when the line carries a probability; numbered items run together on one line
+      marked at all when the line carries a keyword or bracketed probability (a bare number on an unmarked
+      line is chatter: "80% of people pick blue."); numbered items run together on one line
       ("1. .. 2. .."), split where the numbers go on in order and both sides carry a probability;
     - the probability before or after the text: `probability 0.3`, `probability: 0.3`, `Probability = 30%`,
       `prob=0.3`, `p=0.3`, `(0.3)`, `[0.3]`, `(30%)`, or a bare `0.3` or `30%` at the start or end of the
@@ -176,7 +177,8 @@ def parse_verbalized(text: str, k: int, truncated: bool = False) -> VerbalizedPa
     - an item split over two lines: an item still missing its probability or its text takes the next line
       (one line at most; a blank line ends every item);
     - the paper's `<response><text>..</text><probability>..</probability></response>`, nested or unclosed
-      `<response>` tags included;
+      `<response>` tags included (a response's text runs to its first `</text>`; other tags inside it are
+      dropped);
     - markdown bold, surrounding quotes, `Text:` labels, separators (` - `, `:`, `|`), and text before and
       after the list (lines without a marker or a probability are not items).
 
@@ -184,6 +186,7 @@ def parse_verbalized(text: str, k: int, truncated: bool = False) -> VerbalizedPa
     lies outside [0, 1] (`1e308`, `1.5`, `30` without a percent sign), an item without a probability, an
     empty text, and with `truncated` (the output hit the token limit) the last item when nothing follows it,
     since its text may be cut short. Duplicates are kept and flagged (`VerbalizedResponse.duplicate`).
+    Only a `k` outside 2..20 raises (a ModescopeError).
     """
     check_k(k)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -253,7 +256,7 @@ def _line_pieces(text: str) -> Iterator[_Piece]:
         elif current and line:
             current.text += " " + line
             current.end, current.continued = offset - 1, True
-        elif line and _has_probability(line):
+        elif line and _has_probability(line, bare=False):  # "80% of people say.." is chatter, not an item
             current = _Piece(line, offset - 1)
     if current:
         yield current
@@ -282,8 +285,8 @@ def _split_inline(rest: str, number: int | None, end: int) -> list[_Piece]:
     return [_Piece(rest[starts[g[0]] : bounds[g[-1] + 1]], end, number + g[0]) for g in groups]
 
 
-def _has_probability(text: str) -> bool:
-    return bool(_KEYWORD.search(text) or _BRACKETED.search(text) or _bare_candidates(text))
+def _has_probability(text: str, bare: bool = True) -> bool:
+    return bool(_KEYWORD.search(text) or _BRACKETED.search(text) or (bare and _bare_candidates(text)))
 
 
 def _readable(piece: _Piece) -> bool:
