@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend, ChatPrompt
-from modescope.remedies.guided import MIXES, Mix, guided
-from modescope.remedies.strategies import STRATEGIES, render_strategy, stop_strings
+from modescope.remedies.guided import MIXES, Mix
+from modescope.remedies.options import Remedies
+from modescope.remedies.strategies import STRATEGIES, stop_strings
 from modescope.remedies.verbalized import MAX_K, MIN_K, parse_verbalized
 from modescope.web.schemas import RemedyIn
 
@@ -37,19 +38,21 @@ class Remedy:
     def verbalized(self) -> bool:
         return self.strategy == "verbalized"
 
+    def applied(self, guide: Backend | None = None) -> Remedies:
+        """The remedy as `sample` applies it, with the guide model once it is loaded."""
+        return Remedies(self.strategy, self.k, guide, self.alpha, self.mix)
+
     def rewrite(self, prompt: str | ChatPrompt) -> str | ChatPrompt:
         """The prompt the model sees: the text, or a chat prompt's user message, rewritten by the strategy."""
-        if isinstance(prompt, ChatPrompt):
-            return replace(prompt, user=render_strategy(self.strategy, prompt.user, self.k))
-        return render_strategy(self.strategy, prompt, self.k)
+        return self.applied().prompt(prompt)
 
     def stops(self, stop: Sequence[str]) -> list[str]:
         """The request's stop strings and the strategy's own (few-shot: the start of a next example)."""
-        return list(dict.fromkeys([*stop, *stop_strings(self.strategy)]))
+        return list(self.applied().stop(stop))
 
     def backend(self, model: Backend, guide: Backend | None) -> Backend:
         """The model, or its mixture with the guide (ModescopeError when the two cannot be mixed)."""
-        return model if guide is None else guided(model, guide, self.alpha, self.mix)
+        return self.applied(guide).backend(model)
 
     def describe(self) -> dict[str, Any]:
         """What was applied, for the response."""
