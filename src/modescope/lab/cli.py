@@ -31,6 +31,8 @@ def reproduce_command(config: LabConfig, out: Path, prompts_file: Path | None) -
     words += ["--max-tokens", str(config.max_tokens), "--seed", str(config.seed)]
     words += ["--checkpoint-every", str(config.checkpoint_every), "--lora-rank", str(config.lora_rank)]
     words += ["--probe-samples", str(config.probe_samples)]
+    if config.typical_reference is not None:
+        words += ["--typical-reference", config.typical_reference]
     if not config.number_probe:
         words.append("--no-number-probe")
     if prompts_file is not None:
@@ -44,7 +46,17 @@ def run(
     model: Annotated[str, typer.Option("--model", "-m", help="The start model (preset, folder, HF id).")] = (
         "smollm2-135m-instruct"
     ),
-    reward: Annotated[str, typer.Option(help="sentiment (VADER), format, or module:function.")] = "sentiment",
+    reward: Annotated[
+        str,
+        typer.Option(
+            help="sentiment (VADER), format, typical (mean token log-prob under the start model), module:function, "
+            "or a weighted sum: typical+0.5*sentiment."
+        ),
+    ] = "sentiment",
+    typical_reference: Annotated[
+        str | None,
+        typer.Option(help="Reference model of the typical term, with the same tokenizer (default: the start model)."),
+    ] = None,
     kl_coef: Annotated[float, typer.Option(help="KL penalty to the start model; 0 = pure reward maximization.")] = 0.05,
     lr: Annotated[float, typer.Option("--lr", help="Learning rate (AdamW on the LoRA weights).")] = 3e-3,
     steps: Annotated[int, typer.Option(help="Optimization steps.")] = 60,
@@ -67,13 +79,15 @@ def run(
 
     console = _console()
     with user_errors():
+        from modescope.errors import ModescopeError
         from modescope.lab.prompts import STORY_OPENINGS, read_prompts
-        from modescope.lab.rewards import make_reward
+        from modescope.lab.rewards import parse_reward
         from modescope.lab.train import LabConfig, prepare_folder
 
         config = LabConfig(
             model=model,
             reward=reward,
+            typical_reference=typical_reference,
             kl_coef=kl_coef,
             learning_rate=lr,
             steps=steps,
@@ -89,9 +103,11 @@ def run(
         )
         config.check()
         prompts = read_prompts(prompts_file) if prompts_file is not None else STORY_OPENINGS
-        reward_fn = make_reward(reward)
+        spec = parse_reward(reward)
+        if typical_reference is not None and not spec.has_typical:
+            raise ModescopeError(f"--typical-reference needs the typical term in the reward (got '{reward}')")
         prepare_folder(out, overwrite)  # before the model loads: an unwritable folder fails at once
-        _run(config, out, prompts, reward_fn, reproduce_command(config, out, prompts_file), device, console)
+        _run(config, out, prompts, spec, reproduce_command(config, out, prompts_file), device, console)
 
 
 def _run(
@@ -101,7 +117,7 @@ def _run(
 
     from modescope import models
     from modescope.errors import ModescopeError
-    from modescope.lab.train import run_lab, torch_threads_from_env
+    from modescope.lab.train import check_same_tokenizer, run_lab, torch_threads_from_env
     from modescope.models.hf import HFBackend
 
     torch_threads_from_env()
@@ -109,6 +125,15 @@ def _run(
         backend = models.load(config.model, device=device)
     if not isinstance(backend, HFBackend):
         raise ModescopeError(f"model '{config.model}' cannot be trained; use a transformers model")
+    reference: HFBackend | None = None
+    if config.typical_reference is not None:
+        with console.status(f"loading {config.typical_reference}"):
+            loaded = models.load(config.typical_reference, device=device)
+        if not isinstance(loaded, HFBackend):
+            raise ModescopeError(f"the typicality reference '{config.typical_reference}' is not a transformers model")
+        reference = loaded
+        reference.model.requires_grad_(False)
+        check_same_tokenizer(backend, reference)  # before the start model's first probe
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, TextColumn("{task.fields[note]}"), console=console, transient=True) as progress:
         task = progress.add_task("optimizing", total=config.steps, note="")
@@ -134,11 +159,12 @@ def _run(
             on_probe=on_probe,
             command=command,
             overwrite=True,
+            reference=reference,
         )
     for record in result.checkpoints:
         m = record["metrics"]
         console.print(
-            f"step {record['step']:>4}: reward {m['reward']:+.3f}  entropy {m['entropy_bits']:.2f} bits  "
+            f"step {record['step']:>4}: reward {m['reward']:+.3f}  typicality {m['typicality_nats']:.2f} nats  entropy {m['entropy_bits']:.2f} bits  "
             f"distinct-2 {m['distinct_2']:.3f}  embedding diversity {m['embedding_diversity']:.3f}  "
             f"basin share {m['basin_share']:.2f}  KL {m['kl_nats']:.2f} nats  perplexity ratio {m['ppl_ratio']:.2f}"
         )

@@ -3,7 +3,10 @@
 Every checkpoint samples `samples` completions (temperature 1, the policy's own distribution) of each held
 prompt and reports:
 
-- reward: the mean reward of those completions;
+- reward: the mean reward of those completions; reward_terms: the mean unweighted value of each of the
+  reward's terms (the typical term measured under the reference, the start model unless another is given);
+- typicality_nats: the mean over completions of their mean per-token log-probability under the start model
+  (what the `typical` reward term is with the default reference; reported for every reward);
 - entropy_bits: the mean per-token entropy of the policy's next-token distribution along them, in bits;
 - distinct_2, self_bleu, embedding_diversity_within: diversity among the completions of one prompt, averaged
   over the prompts (as `modescope sample` computes them);
@@ -31,7 +34,7 @@ import torch
 
 from modescope.engine.decode import generate_many
 from modescope.lab.basin import basin
-from modescope.lab.rewards import Reward, RewardError, score
+from modescope.lab.rewards import TYPICAL, Reward, RewardError, RewardSpec, as_spec, typicality
 from modescope.lab.sequences import completion_logprobs
 from modescope.metrics import diversity
 from modescope.metrics.embeddings import Embedder
@@ -57,16 +60,19 @@ def _mean(values: Sequence[float]) -> float:
 def probe(
     backend: HFBackend,
     start_model: Callable[[], Any],
-    reward: Reward,
+    reward: RewardSpec | Reward,
     probes: ProbeSet,
     embedder: Embedder | None,
     start_ppl_at_zero: float | None,
+    reference: HFBackend | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The checkpoint's metrics and its samples ({"prompt", "text", "reward"}).
+    """The checkpoint's metrics and its samples ({"prompt", "text", "reward", "typicality", "in_basin"}).
 
     `start_model()` is a context manager under which `backend` computes the start model (peft's
-    `disable_adapter`); `start_ppl_at_zero` is the step-0 start_ppl (None at step 0 itself).
+    `disable_adapter`); `start_ppl_at_zero` is the step-0 start_ppl (None at step 0 itself); `reference` is
+    the typicality term's reference model, None for the start model.
     """
+    spec = as_spec(reward)
     prompt_of = [i for i in range(len(probes.prompts)) for _ in range(probes.samples)]
     ids = [backend.prompt_ids(probes.prompts[i]) for i in prompt_of]
     runs = generate_many(
@@ -75,14 +81,26 @@ def probe(
     texts = [run.text for run in runs]
     completions = [[t.id for t in run.tokens] for run in runs]
     try:
-        rewards = score(reward, [probes.prompts[i] for i in prompt_of], texts)
+        text_scores: dict[str, list[float]] | None = spec.text_scores([probes.prompts[i] for i in prompt_of], texts)
     except RewardError:
-        rewards = [float("nan")] * len(texts)  # the metrics below do not need the reward
+        text_scores = None  # the metrics below do not need the reward
     pad = backend.tokenizer.pad_token_id or 0
     with torch.no_grad():
         policy, mask = completion_logprobs(backend.model, pad, backend.vocab.size, ids, completions)
         with start_model():
             start, _ = completion_logprobs(backend.model, pad, backend.vocab.size, ids, completions)
+        scored = start  # the typical term's reference: the start model, unless another is given
+        if reference is not None:
+            scored, _ = completion_logprobs(
+                reference.model, reference.tokenizer.pad_token_id or 0, reference.vocab.size, ids, completions
+            )
+    start_typicality = typicality(start, mask)
+    typical = typicality(scored.to(mask.device), mask) if reference is not None else start_typicality
+    nan = float("nan")
+    rewards = spec.combine(text_scores, typical) if text_scores is not None else [nan] * len(texts)
+    terms = (text_scores or {name: [nan] for name in [t.name for t in spec.text_terms]}) | (
+        {TYPICAL: typical} if spec.has_typical else {}
+    )
     tokens = float(mask.sum())
     start_ppl = math.exp(-float((start * mask).sum()) / tokens) if tokens else float("nan")
     vectors = diversity.embed(texts, embedder)  # [n, d] unit rows
@@ -91,6 +109,8 @@ def probe(
     found = basin(vectors, prompt_of, k=len(probes.prompts), seed=probes.seed)
     metrics: dict[str, Any] = {
         "reward": _mean(rewards),
+        "reward_terms": {name: _mean(values) for name, values in terms.items()},
+        "typicality_nats": _mean(start_typicality),
         "entropy_bits": diversity.mean_entropy_bits([t.entropy_bits for run in runs for t in run.tokens]),
         "distinct_2": _mean([diversity.distinct_n(g, 2) for g in groups]),
         "self_bleu": _mean([diversity.self_bleu(g) for g in groups]) if probes.samples > 1 else float("nan"),
@@ -112,7 +132,7 @@ def probe(
         }
     basin_members = set(found.members)
     samples = [
-        {"prompt": probes.prompts[p], "text": t, "reward": r, "in_basin": k in basin_members}
-        for k, (p, t, r) in enumerate(zip(prompt_of, texts, rewards, strict=True))
+        {"prompt": probes.prompts[p], "text": t, "reward": r, "typicality": y, "in_basin": k in basin_members}
+        for k, (p, t, r, y) in enumerate(zip(prompt_of, texts, rewards, typical, strict=True))
     ]
     return metrics, samples

@@ -10,7 +10,9 @@ and a loop that can be read top to bottom makes plain what the lab's curves are 
 One step:
 1. take `batch_size / group_size` training prompts and sample `group_size` completions of each from the
    policy at temperature 1 (its own distribution, so the gradient estimate is on-policy);
-2. score each completion with the reward r;
+2. score each completion with the reward r (`modescope.lab.rewards`: text terms of (prompt, completion), and
+   the typicality term, the completion's mean token log-probability under the reference model, which is the
+   start model computed in step 3 unless another reference is given);
 3. shape it with the KL penalty to the start model (Ziegler et al. 2019): r - kl_coef * sum_t (log pi(y_t) -
    log pi0(y_t)), where pi0 is the start model, i.e. the same network with the adapter disabled (peft's
    `disable_adapter`), so the reference costs no second copy of the weights; kl_coef 0 is pure reward
@@ -45,7 +47,7 @@ from pydantic import BaseModel, ConfigDict
 
 from modescope.errors import ModescopeError
 from modescope.lab.prompts import HELD_PROMPTS, NUMBER_PROMPT, STORY_OPENINGS
-from modescope.lab.rewards import Reward, RewardError, score
+from modescope.lab.rewards import Reward, RewardError, RewardSpec, as_spec, typicality
 from modescope.metrics.embeddings import Embedder
 from modescope.models.hf import HFBackend
 
@@ -60,7 +62,8 @@ class LabConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "smollm2-135m-instruct"
-    reward: str = "sentiment"
+    reward: str = "sentiment"  # a reward spec (modescope.lab.rewards), e.g. typical+0.5*sentiment
+    typical_reference: str | None = None  # the typicality term's reference model; None: the start model
     kl_coef: float = 0.05
     learning_rate: float = 3e-3
     steps: int = 60
@@ -191,11 +194,35 @@ def _sequence_logprob_sums(
     )
 
 
+def check_same_tokenizer(backend: HFBackend, reference: HFBackend) -> None:
+    """Refuse a typicality reference whose tokenizer differs from the policy's: it scores the policy's token ids."""
+    ours, theirs = backend.tokenizer.get_vocab(), reference.tokenizer.get_vocab()
+    if ours != theirs or backend.vocab.size != reference.vocab.size:
+        detail = (
+            f"{len(theirs)} tokens vs {len(ours)}" if len(ours) != len(theirs) else "the same size, other token ids"
+        )
+        raise ModescopeError(
+            f"the typicality reference '{reference.name}' has another tokenizer than '{backend.name}' ({detail}); "
+            "give a model with the same tokenizer, or leave the reference out to use the start model"
+        )
+
+
+def _reference_logprobs(
+    reference: HFBackend, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], device: Any
+) -> Any:
+    """log p(token) of the completions under a separate reference model, without gradients, on `device`."""
+    import torch
+
+    with torch.no_grad():
+        logprobs, _ = _sequence_logprob_sums(reference, prompts, completions)
+    return logprobs.to(device)
+
+
 def run_lab(
     config: LabConfig,
     out: Path,
     backend: HFBackend,
-    reward: Reward,
+    reward: RewardSpec | Reward,
     prompts: Sequence[str] = STORY_OPENINGS,
     held_prompts: Sequence[str] = HELD_PROMPTS,
     number_prompt: str = NUMBER_PROMPT,
@@ -204,8 +231,13 @@ def run_lab(
     on_probe: Callable[[int], None] | None = None,
     command: str | None = None,
     overwrite: bool = False,
+    reference: HFBackend | None = None,
 ) -> LabRun:
     """Optimize `backend` (its model gets LoRA adapters, in place) against `reward`; see the module docstring.
+
+    `reward` is a RewardSpec (`parse_reward`) or a (prompt, completion) callable; `reference` is the model the
+    typicality term is measured under (the model `config.typical_reference` names, with the same tokenizer),
+    None for the start model.
 
     `on_step(record)` is called after each step with its curve record, `on_probe(step)` before each
     checkpoint's probes; `embedder` defaults to all-MiniLM-L6-v2; `command` is recorded in run.json and in
@@ -218,6 +250,13 @@ def run_lab(
     from modescope.lab.probe import ProbeSet, probe
 
     config.check()
+    spec = as_spec(reward)
+    if (reference is None) != (config.typical_reference is None):
+        raise ModescopeError("give the typicality reference model both in the config and as a backend, or neither")
+    if reference is not None:
+        if not spec.has_typical:
+            raise ModescopeError(f"a typicality reference needs the typical term in the reward (got '{spec.spec}')")
+        check_same_tokenizer(backend, reference)
     if not prompts:
         raise ModescopeError("no training prompts; give at least one prompt")
     prepare_folder(out, overwrite)
@@ -257,6 +296,7 @@ def run_lab(
         "config": config.model_dump(),
         "base": base_name,
         "command": command,
+        "reward_terms": [{"name": t.name, "weight": t.weight} for t in spec.terms],
         "torch_threads": torch.get_num_threads(),
         "prompts": list(prompts),
         "held_prompts": list(held_prompts),
@@ -279,7 +319,9 @@ def run_lab(
                 {"step": step, "command": command, "config": config.model_dump()},
             )
             adapter = str(folder.relative_to(out))
-        metrics, samples = probe(backend, peft_model.disable_adapter, reward, probes, embedder, start_ppl_at_zero)
+        metrics, samples = probe(
+            backend, peft_model.disable_adapter, spec, probes, embedder, start_ppl_at_zero, reference
+        )
         if step == 0:
             start_ppl_at_zero = metrics["start_ppl"]
         record = {"kind": "checkpoint", "step": step, "adapter": adapter, "metrics": metrics, "samples": samples}
@@ -313,7 +355,7 @@ def run_lab(
         completions = [[t.id for t in r.tokens] for r in runs]
         entropy = [t.entropy_bits for r in runs for t in r.tokens]
         try:
-            rewards = score(reward, texts_prompts, texts)
+            text_scores = spec.text_scores(texts_prompts, texts)
         except RewardError as exc:
             skipped = {"kind": "skipped", "step": step, "reason": str(exc)}
             run.skipped.append(skipped)
@@ -322,7 +364,9 @@ def run_lab(
             if on_step:
                 on_step(skipped)
         else:
-            record = _update(peft_model, optimizer, backend, config, prompt_ids, completions, rewards)
+            record = _update(
+                peft_model, optimizer, backend, config, prompt_ids, completions, spec, text_scores, reference
+            )
             record |= {"kind": "step", "step": step, "entropy_bits": sum(entropy) / max(len(entropy), 1)}
             run.steps_done += 1
             run.train_seconds += time.perf_counter() - began
@@ -350,7 +394,9 @@ def _update(
     config: LabConfig,
     prompt_ids: Sequence[Sequence[int]],
     completions: Sequence[Sequence[int]],
-    rewards: Sequence[float],
+    spec: RewardSpec,
+    text_scores: dict[str, list[float]],
+    reference: HFBackend | None,
 ) -> dict[str, Any]:
     """One RLOO update; returns the step's curve figures."""
     import torch
@@ -358,6 +404,12 @@ def _update(
     logprobs, mask = _sequence_logprob_sums(backend, prompt_ids, completions)  # [rows, tokens], with gradients
     with torch.no_grad(), peft_model.disable_adapter():
         start, _ = _sequence_logprob_sums(backend, prompt_ids, completions)
+    typical = None
+    if spec.has_typical:  # the start model's log-probs are at hand; another reference costs one more pass
+        scored = start if reference is None else _reference_logprobs(reference, prompt_ids, completions, start.device)
+        typical = typicality(scored, mask)
+    rewards = spec.combine(text_scores, typical)
+    terms = text_scores | ({"typical": typical} if typical is not None else {})
     kl = ((logprobs.detach() - start) * mask).sum(-1)  # [rows] nats, sampled estimate of KL(pi || pi0)
     reward = torch.tensor(rewards, dtype=logprobs.dtype, device=logprobs.device)
     shaped = (reward - config.kl_coef * kl).view(-1, config.group_size)  # [prompts, group]
@@ -372,6 +424,7 @@ def _update(
         "reward": float(reward.mean()),
         "reward_min": float(reward.min()),
         "reward_max": float(reward.max()),
+        "reward_terms": {name: sum(values) / len(values) for name, values in terms.items()},
         "kl_nats": float(kl.mean()),
         "loss": float(loss.detach()),
         "grad_norm": float(grad_norm),
