@@ -103,8 +103,9 @@ def test_the_builtin_essay_suite_is_valid() -> None:
     assert "essay" in builtin_suites()
     suite, _, _ = load_suite("essay")
     kinds = {p.kind for p in suite.probes}
-    assert kinds >= {"distribution", "sample", "temperature", "attractor", "multiverse"}
-    assert [m.name for m in suite.models] == ["gemma-3-270m", "smollm2-135m-instruct", "smollm2-135m-sentiment-rl"]
+    assert kinds >= {"distribution", "sample", "temperature", "attractor", "multiverse", "frontier"}
+    names = [m.name for m in suite.models]
+    assert names == ["gemma-3-270m", "smollm2-135m-instruct", "smollm2-135m-sentiment-rl", "smollm2-135m-typical-rl"]
     assert max(max(p.temperatures) for p in suite.probes if p.kind == "temperature") == pytest.approx(1.9)
     plan = plan_suite("essay")
     assert all(p.prompt and "${" not in p.prompt for p in plan.probes)

