@@ -17,8 +17,11 @@ and reports the share of prompts on which the tuned model is lower on each. Over
 - the perplexity ratio: the reference model's perplexity (exp of minus its mean log-probability per token,
   pooled over every completion token, `modescope.engine.score.continuation_logprobs`) on the tuned model's
   samples, divided by the same on the reference's own samples (the lab's `ppl_ratio`; at most 2 is fluent);
-- distinct-2, NoveltyBench equivalence classes (ROUGE-1) and mean tokens per completion, to say what the
-  collapse looks like.
+- distinct-2, NoveltyBench equivalence classes (ROUGE-1), mean tokens and empty completions per prompt, to
+  say what the collapse looks like. In plain text the instruct model often ends at once after an instruction
+  (an empty completion, EOS first); identical empty completions make a prompt's embedding diversity low, so
+  the share of prompts lower on embedding diversity is also given over the prompts where the start model
+  did so in at most one sample.
 
 Several --model options are each compared with one sample of the reference. Run it as
 `OMP_NUM_THREADS=1 .venv/bin/python benchmarks/measure_preset.py --model smollm2-135m-typical-rl --json out.json`.
@@ -138,6 +141,7 @@ def compare(
         return math.fsum(r[key] for r in rows) / len(rows)
 
     numbers_start, numbers_tuned = start["numbers"], tuned["numbers"]
+    fair = [r for r in rows if r["empty_start"] <= 1]
     summary = {
         "model": name,
         "reference": args.reference,
@@ -153,6 +157,15 @@ def compare(
             for r in rows
         )
         / len(rows),
+        # the start model often ends at once on these plain instructions (EOS first: an empty completion), and
+        # identical empty completions make its diversity low; the share again over the prompts where it did so in
+        # at most one sample says how much of the comparison that decides
+        "prompts_start_rarely_empty": len(fair),
+        "share_lower_embedding_diversity_start_rarely_empty": (
+            sum(r["embedding_diversity_tuned"] < r["embedding_diversity_start"] for r in fair) / len(fair)
+            if fair
+            else math.nan
+        ),
         "number_top1_start": numbers_start.top1,
         "number_top1_share_start": numbers_start.top1_share,
         "number_top1_tuned": numbers_tuned.top1,
@@ -220,7 +233,10 @@ def show(console: Any, result: dict[str, Any]) -> None:
         f"{summary['model']}: lower on entropy for {summary['share_lower_entropy']:.0%} of prompts, on embedding "
         f"diversity for {summary['share_lower_embedding_diversity']:.0%}, on both for {summary['share_lower_both']:.0%}; "
         f"top-1 share {summary['number_top1_share_start']:.3f} -> {summary['number_top1_share_tuned']:.3f}; "
-        f"ppl ratio {summary['ppl_ratio']:.2f}"
+        f"ppl ratio {summary['ppl_ratio']:.2f}; lower on embedding diversity for "
+        f"{summary['share_lower_embedding_diversity_start_rarely_empty']:.0%} of the "
+        f"{summary['prompts_start_rarely_empty']} prompts where {summary['reference']} ended at once in at most one "
+        "sample"
     )
 
 
