@@ -3,7 +3,8 @@ still fluent?
 
 For the first --prompts prompts of the built-in `open-ended` prompt set (64 instructions the lab never trains
 on), both models draw --n completions of --max-tokens tokens at temperature 1 with the same seed, from the
-plain prompt (no chat template: the way `modescope lab` samples during training), through
+plain prompt (no chat template: the way `modescope lab` samples during training), or with --chat through the
+models' chat template (the way an instruct model is asked), through
 `modescope.probes.sampling.sample_prompts`. Per prompt it compares:
 
 - mean token entropy (bits): the entropy of each model's next-token distribution along its own samples;
@@ -53,6 +54,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=8, help="completions per prompt")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens per completion")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (the same for both models)")
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="send each prompt through the chat template as the user message (the 0..100 probe stays plain)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to this JSON file")
     args = parser.parse_args(argv)
     args.model = args.model or ["smollm2-135m-typical-rl"]
@@ -71,7 +77,7 @@ def measure(backend: Any, prompts: list[str], args: argparse.Namespace) -> dict[
 
     began = time.perf_counter()
     results = sample_prompts(
-        backend,
+        backend.with_chat() if args.chat else backend,
         prompts,
         n=args.n,
         max_tokens=args.max_tokens,
@@ -145,6 +151,7 @@ def compare(
     summary = {
         "model": name,
         "reference": args.reference,
+        "chat": args.chat,
         "prompt_set": args.prompt_set,
         "prompts": len(rows),
         "n": args.n,
@@ -257,20 +264,21 @@ def main(argv: list[str] | None = None) -> None:
     with console.status(f"loading {args.reference}"):
         start = ms.load(args.reference, device="cpu")
     if start.chat_style is not None:
-        raise SystemExit(f"{args.reference} has a chat style set; this measures plain prompts, as the lab trains")
+        raise SystemExit(f"{args.reference} has a chat style set; pass --chat instead")
     with console.status(f"sampling {len(prompts)} prompts x {args.n} from {args.reference}"):
         own = measure(start, prompts, args)
-        ppl_own = perplexity(start, prompts, own["samples"])
+        scorer = start.with_chat() if args.chat else start
+        ppl_own = perplexity(scorer, prompts, own["samples"])
     results = []
     for name in args.model:
         with console.status(f"loading {name}"):
             tuned = ms.load(name, device="cpu")
         if tuned.chat_style is not None:
-            raise SystemExit(f"{name} has a chat style set; this measures plain prompts, as the lab trains")
+            raise SystemExit(f"{name} has a chat style set; pass --chat instead")
         with console.status(f"sampling {len(prompts)} prompts x {args.n} from {name}"):
             measured = measure(tuned, prompts, args)
         with console.status(f"scoring its samples under {args.reference}"):
-            ppl_tuned = perplexity(start, prompts, measured["samples"])
+            ppl_tuned = perplexity(scorer, prompts, measured["samples"])
         result = compare(name, items, own, measured, ppl_own, ppl_tuned, args)
         show(console, result)
         results.append(result)
