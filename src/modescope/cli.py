@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from modescope.errors import ModescopeError
+from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
 from modescope.server_options import MaxConcurrency, MaxLogprobs, ServerOptions, Tokenizer
 from modescope.suites.prompt_set_command import PromptsFile, Resume, SetStore, Template
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from modescope.models.base import Backend, ChatPrompt
+    from modescope.models.safety import LoadPolicy
     from modescope.probes.distribution import DistributionResult
 
 app = typer.Typer(
@@ -163,6 +165,7 @@ def _over_prompt_set(
         device=device,
         dtype=dtype,
         server=server,
+        policy=load_policy(options["trust_remote_code"], options["allow_pickle"]),
         console=_console(),
     )
 
@@ -190,9 +193,10 @@ def _load_models(
     tokenizer: list[str] | None = None,
     max_concurrency: int | None = None,
     max_logprobs: int | None = None,
+    policy: LoadPolicy | None = None,
 ) -> list[Backend]:
     """Load the models of a command; the server options reach the NAME@URL models only, and are checked
-    (with the names) before any model loads."""
+    (with the names) before any model loads. `policy` holds --trust-remote-code and --allow-pickle."""
     from modescope.models import PRESETS, load, preset_cached
     from modescope.models.remote import is_remote
 
@@ -205,7 +209,8 @@ def _load_models(
         note = " (first use: converting the GGUF once, about a minute)" if first_time else ""
         doing = "connecting to" if is_remote(name) else "loading"
         with console.status(f"{doing} {name}{note}"):
-            backends.append(load(name, device=device, dtype=dtype, **server.for_model(name)))
+            opt_ins = policy.for_load() if policy is not None else {}
+            backends.append(load(name, device=device, dtype=dtype, **server.for_model(name), **opt_ins))
     return backends
 
 
@@ -297,6 +302,8 @@ def dist(
     tokenizer: Tokenizer = None,
     max_concurrency: MaxConcurrency = None,
     max_logprobs: MaxLogprobs = None,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Exact probability of every candidate answer under each model, summed over all tokenizations."""
     with user_errors():
@@ -319,9 +326,21 @@ def dist(
             raise ModescopeError("--batch-size and --top must be at least 1")
         _prepare_output(json_path, "--json")
         _prepare_output(plot, "--plot")
+        from modescope import resources
+
+        resources.check_command(  # before any model loads: refuse what cannot fit in memory
+            "dist",
+            model or list(DEFAULT_MODELS),
+            the_prompt,
+            device,
+            dtype,
+            lambda r: resources.distribution_parts(r, cands, batch_size, leading_space.value),
+            tokenizer,
+        )
         console = _console()
+        policy = load_policy(trust_remote_code, allow_pickle)
         backends = _load_models(
-            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs, policy
         )
         result = _run_distribution(backends, the_prompt, cands, leading_space, tokenizations, batch_size, temperature)
         _print_distribution(result, console, top)
@@ -561,6 +580,8 @@ def sample(
     tokenizer: Tokenizer = None,
     max_concurrency: MaxConcurrency = None,
     max_logprobs: MaxLogprobs = None,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """n completions per model with per-token probabilities, and how diverse they are."""
     with user_errors():
@@ -612,11 +633,25 @@ def sample(
         _prepare_output(json_path, "--json")
         _prepare_output(html, "--html")
         remedies = _remedies(strategy.value, k, None, guide_alpha, guide_mix.value)  # checked before loading
+        from modescope import resources
+
+        filtered = bool(set(settings.active) - {"temperature"})  # truncation samplers copy more
+        guide_shape = resources.model_shape(guide) if guide else None
+        resources.check_command(  # before any model loads: refuse what cannot fit in memory
+            "sample",
+            model or list(DEFAULT_MODELS),
+            remedies.prompt(the_prompt),
+            device,
+            dtype,
+            lambda r: resources.sample_parts(r, n, max_tokens, top_alternatives, filtered, guide_shape),
+            tokenizer,
+        )
+        policy = load_policy(trust_remote_code, allow_pickle)
         backends = _load_models(
-            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs, policy
         )
         if guide is not None:
-            (guide_model,) = _load_models([guide], device, dtype, console)
+            (guide_model,) = _load_models([guide], device, dtype, console, policy=policy)
             remedies = _remedies(strategy.value, k, guide_model, guide_alpha, guide_mix.value)
             backends = [remedies.backend(b) for b in backends]
         with console.status("sampling") as status:
@@ -771,6 +806,8 @@ def temperature_command(
     tokenizer: Tokenizer = None,
     max_concurrency: MaxConcurrency = None,
     max_logprobs: MaxLogprobs = None,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Diversity vs temperature per model, and "is it just temperature?": can one temperature turn the first
     model (the base) into the second (the tuned one)?"""
@@ -795,9 +832,21 @@ def temperature_command(
         cands = _candidates(integers, choices, None, 100_000) if (integers or choices) else None
         _prepare_output(json_path, "--json")
         _prepare_output(plot, "--plot")
+        from modescope import resources
+
+        resources.check_command(  # before any model loads: refuse what cannot fit in memory
+            "temperature",
+            model or list(DEFAULT_MODELS),
+            the_prompt,
+            device,
+            dtype,
+            lambda r: resources.temperature_parts(r, n, max_tokens),
+            tokenizer,
+        )
         console = _console()
+        policy = load_policy(trust_remote_code, allow_pickle)
         backends = _load_models(
-            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs, policy
         )
         with console.status("sweeping temperatures") as status:
             sweep = probe.temperature_sweep(backends, the_prompt, temperatures, n, max_tokens, seed, status.update)
@@ -898,6 +947,8 @@ def attractor(
     tokenizer: Tokenizer = None,
     max_concurrency: MaxConcurrency = None,
     max_logprobs: MaxLogprobs = None,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Perturb the greedy completion, regenerate every perturbation in one batch, and measure how often and how
     fast it comes back to the same text (the basin share)."""
@@ -932,9 +983,25 @@ def attractor(
         )
         for path, what in ((json_path, "--json"), (html, "--html"), (plot, "--plot")):
             _prepare_output(path, what)
+        from modescope import resources
+
+        inserted = max([detour_tokens, *(len(e.text.encode("utf-8")) for e in plan.edits)])
+        edits, detours, positions = len(plan.edits), len(plan.detour_positions), len(position) if position else None
+        resources.check_command(  # before any model loads: refuse what cannot fit in memory
+            "attractor",
+            model or list(DEFAULT_MODELS),
+            the_prompt,
+            device,
+            dtype,
+            lambda r: resources.attractor_parts(
+                r, max_tokens, swap_positions, alternatives, positions, edits, detours, inserted
+            ),
+            tokenizer,
+        )
         console = _console()
+        policy = load_policy(trust_remote_code, allow_pickle)
         backends = _load_models(
-            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs, policy
         )
         with console.status("mainlines and perturbations"):
             results = attractor_experiment(backends, the_prompt, plan, max_tokens, ending.value, threshold)
@@ -1010,6 +1077,8 @@ def forks(
     tokenizer: Tokenizer = None,
     max_concurrency: MaxConcurrency = None,
     max_logprobs: MaxLogprobs = None,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Forking tokens: where along the greedy completion the final outcome gets decided."""
     with user_errors():
@@ -1031,9 +1100,21 @@ def forks(
         the_prompt = _prompt(prompt, prompt_file, chat)
         _prepare_output(json_path, "--json")
         _prepare_output(html, "--html")
+        from modescope import resources
+
+        resources.check_command(  # before any model loads: refuse what cannot fit in memory
+            "forks",
+            model or list(DEFAULT_MODELS),
+            the_prompt,
+            device,
+            dtype,
+            lambda r: resources.forks_parts(r, max_tokens, samples, threshold, max_alternatives),
+            tokenizer,
+        )
         console = _console()
+        policy = load_policy(trust_remote_code, allow_pickle)
         backends = _load_models(
-            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs, policy
         )
         reports, results = {}, {}
         for backend in backends:
@@ -1106,6 +1187,8 @@ def multiverse(
     tokenizer: Tokenizer = None,
     max_concurrency: MaxConcurrency = None,
     max_logprobs: MaxLogprobs = None,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Block multiverse: the tree of likely continuations as nested blocks, for each model and their difference."""
     with user_errors():
@@ -1133,9 +1216,22 @@ def multiverse(
         outputs = {"--svg": svg, "--png": png, "--html": html, "--json": json_path}
         for option, path in outputs.items():
             _prepare_output(path, option)
+        from modescope import resources
+
+        resources.check_command(  # before any model loads: refuse what cannot fit in memory
+            "multiverse",
+            model or list(DEFAULT_MODELS),
+            the_prompt,
+            device,
+            dtype,
+            lambda r: resources.multiverse_parts(r, depth, cutoff, max_nodes),
+            tokenizer,
+            extra_text=prefix,
+        )
         console = _console()
+        policy = load_policy(trust_remote_code, allow_pickle)
         backends = _load_models(
-            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs
+            model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs, policy
         )
         tree = _run_multiverse(backends, the_prompt, prefix, options, cache)
         view = tree.view(tree.find(zoom)) if zoom else None
@@ -1236,13 +1332,16 @@ def models(
     tokenizer: Tokenizer = None,
     max_concurrency: MaxConcurrency = None,
     max_logprobs: MaxLogprobs = None,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """List the preset models, whether each is installed, and whether its converted copy is cached; or, given
     NAME@URL, connect to that server and show its capability tier and which probes work at it."""
     with user_errors():
         if spec is None:
-            if tokenizer or max_concurrency is not None or max_logprobs is not None:
-                raise ModescopeError("--tokenizer, --max-concurrency and --max-logprobs need a NAME@URL argument")
+            if tokenizer or max_concurrency is not None or max_logprobs is not None or trust_remote_code:
+                raise ModescopeError(
+                    "--tokenizer, --max-concurrency, --max-logprobs and --trust-remote-code need a NAME@URL argument"
+                )
             _print_presets()
             return
         from modescope.models.remote import is_remote
@@ -1253,7 +1352,8 @@ def models(
                 "e.g. smollm2-135m-instruct@http://127.0.0.1:8000/v1), or no argument to list the presets"
             )
         console = _console()
-        [backend] = _load_models([spec], "auto", "auto", console, tokenizer, max_concurrency, max_logprobs)
+        policy = load_policy(trust_remote_code, allow_pickle=False)  # only the tokenizer loads here
+        [backend] = _load_models([spec], "auto", "auto", console, tokenizer, max_concurrency, max_logprobs, policy)
         try:
             console.print(_server_table(backend))
         finally:

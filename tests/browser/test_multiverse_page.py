@@ -110,7 +110,7 @@ def open_page(page: Page, tmp_path: Path, data: dict[str, Any]) -> None:
     path = tmp_path / "multiverse.html"
     write_multiverse_html(data, path, title="test multiverse")
     page.goto(path.as_uri())
-    page.wait_for_function("window.multiverseReady === true")
+    page.wait_for_function("() => window.multiverseReady === true")
 
 
 def height(page: Page, selector: str) -> float:

@@ -52,7 +52,7 @@ def test_figures_and_page_render_for_both_models(
     assert png.stat().st_size > 20_000 and "<svg" in svg.read_text()
     write_multiverse_html(bugs.to_dict(), html)
     page.goto(html.as_uri())
-    page.wait_for_function("window.multiverseReady === true")
+    page.wait_for_function("() => window.multiverseReady === true")
     first = bugs.root.children[0]
     page.click('#drawing .block[data-path="0"]')
     header = page.locator("#view-root")

@@ -34,7 +34,7 @@ def test_a_bounded_distribution_shows_its_label_and_intervals(web_page: Page, pa
     page.fill("#dist-hi", "9")
     page.click("#dist-run")
     page.wait_for_selector(".dist-model")
-    page.wait_for_function("document.body.dataset.busy === 'false'")
+    page.wait_for_function("() => document.body.dataset.busy === 'false'")
     bounded, exact = (
         page.locator(f'.dist-model[data-model="{BASE}"]'),
         page.locator(f'.dist-model[data-model="{TUNED}"]'),

@@ -26,7 +26,7 @@ def server(live_server: Callable[..., LiveServer]) -> LiveServer:
 def sample(page: Page) -> None:
     page.click("#generate")
     page.wait_for_selector(".column .verbalized")
-    page.wait_for_function("document.body.dataset.busy === 'false'")
+    page.wait_for_function("() => document.body.dataset.busy === 'false'")
 
 
 def responses(page: Page, model: str) -> list[str]:
@@ -70,8 +70,8 @@ def test_a_strategy_and_a_guide_picked_in_the_page_are_applied(web_page: Page, p
     # expanding the branch keeps the remedy: same prompt sent, the list read with the kept tokens
     page.locator("body").click(position={"x": 5, "y": 300})
     page.keyboard.press("e")
-    page.wait_for_function("document.querySelectorAll('#tree .item').length === 4")
-    page.wait_for_function("document.body.dataset.busy === 'false'")
+    page.wait_for_function("() => document.querySelectorAll('#tree .item').length === 4")
+    page.wait_for_function("() => document.body.dataset.busy === 'false'")
     assert column.locator(".remedy-tag").inner_text() == "remedy: " + summary
     assert responses(page, SCRIBE) == ["p 0.60blue", "p 0.40green"]
 

@@ -94,7 +94,9 @@ def _keep_smallest_prefix(x: torch.Tensor, order: torch.Tensor, mass: float) -> 
     A token stays when the mass before it has not yet reached `mass`; the first token always stays.
     """
     before = _exclusive_cumsum(_probs(x).gather(-1, order))
-    return _remove_sorted(x, order, before >= mass - TOLERANCE)
+    remove = before >= mass - TOLERANCE
+    remove[..., 0] = False  # even for a mass below TOLERANCE, where 0 before the first token "reaches" it
+    return _remove_sorted(x, order, remove)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,12 +184,14 @@ def temperature(x: torch.Tensor, t: float) -> torch.Tensor:
     """Temperature (Ackley, Hinton & Sejnowski 1985; the softmax temperature): divide the logits by t.
 
     t > 1 flattens the distribution, t < 1 sharpens it. t = 0 is greedy: the result is already normalized,
-    log-probability 0 on the argmax of x (ties: the lowest token id) and -inf elsewhere.
+    log-probability 0 on the argmax of x (ties: the lowest token id) and -inf elsewhere. The row's maximum is
+    subtracted first (softmax does not see it), so a tiny t sends the rest towards -inf instead of overflowing
+    the top logits to +inf, whose softmax is NaN.
     """
     if t == 0.0:
         greedy = torch.full_like(x, -math.inf)
         return greedy.scatter(-1, x.argmax(dim=-1, keepdim=True), 0.0)
-    return x / t
+    return (x - x.max(dim=-1, keepdim=True).values) / t
 
 
 def xtc(

@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
+
 if TYPE_CHECKING:
     from modescope.lab.train import LabConfig
+    from modescope.models.safety import LoadPolicy
 
 lab_app = typer.Typer(
     help="Optimize a model against a reward (LoRA, RLOO, KL penalty) and watch collapse and attractors appear.",
@@ -73,6 +76,8 @@ def run(
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a lab run already in --out.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Optimize MODEL against REWARD with LoRA adapters; checkpoints and collapse curves go to --out."""
     from modescope.cli import _console, user_errors
@@ -107,11 +112,20 @@ def run(
         if typical_reference is not None and not spec.has_typical:
             raise ModescopeError(f"--typical-reference needs the typical term in the reward (got '{reward}')")
         prepare_folder(out, overwrite)  # before the model loads: an unwritable folder fails at once
-        _run(config, out, prompts, spec, reproduce_command(config, out, prompts_file), device, console)
+        # the opt-ins stay out of the reproduce command: whoever reruns it decides what to trust
+        command = reproduce_command(config, out, prompts_file)
+        _run(config, out, prompts, spec, command, device, console, load_policy(trust_remote_code, allow_pickle))
 
 
 def _run(
-    config: LabConfig, out: Path, prompts: list[str], reward: Any, command: str, device: str, console: Any
+    config: LabConfig,
+    out: Path,
+    prompts: list[str],
+    reward: Any,
+    command: str,
+    device: str,
+    console: Any,
+    policy: LoadPolicy | None = None,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -121,14 +135,15 @@ def _run(
     from modescope.models.hf import HFBackend
 
     torch_threads_from_env()
+    opt_ins = policy.for_load() if policy is not None else {}
     with console.status(f"loading {config.model}"):
-        backend = models.load(config.model, device=device)
+        backend = models.load(config.model, device=device, **opt_ins)
     if not isinstance(backend, HFBackend):
         raise ModescopeError(f"model '{config.model}' cannot be trained; use a transformers model")
     reference: HFBackend | None = None
     if config.typical_reference is not None:
         with console.status(f"loading {config.typical_reference}"):
-            loaded = models.load(config.typical_reference, device=device)
+            loaded = models.load(config.typical_reference, device=device, **opt_ins)
         if not isinstance(loaded, HFBackend):
             raise ModescopeError(f"the typicality reference '{config.typical_reference}' is not a transformers model")
         reference = loaded

@@ -7,14 +7,15 @@ Several runs (a KL-penalized one and its degenerate KL-off contrast, say) share 
 
 from __future__ import annotations
 
+import base64
 import html
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modescope.errors import ModescopeError
+from modescope.viz.offline import offline_csp
 
 # (key in the checkpoint metrics, axis label)
 CURVE_METRICS = [
@@ -120,16 +121,25 @@ def _format(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _figure(png: Path) -> str:
+    """The plot embedded as a data: URL: the page stays self-contained, and its policy allows no file loads."""
+    try:
+        encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+    except OSError as exc:
+        raise ModescopeError(f"cannot read the plot '{png}': {exc.strerror or exc}") from exc
+    return f"<img src='data:image/png;base64,{encoded}' alt='curves' style='max-width:100%'>"
+
+
 def render_html(runs: list[LabRunData], path: Path, png: Path | None = None) -> None:
     """A page with, per run and checkpoint, the metrics and every sample completion (model text escaped)."""
     parts = [
-        "<!doctype html><meta charset='utf-8'><title>modescope lab report</title>",
+        f"<!doctype html><meta charset='utf-8'>{offline_csp(images=True)}<title>modescope lab report</title>",
         "<style>body{font:14px sans-serif;max-width:1100px;margin:2em auto}td{vertical-align:top;padding:2px 8px}"
         ".basin{background:#fde2c8}.metrics td{font-family:monospace}</style>",
         "<h1>modescope lab report</h1>",
     ]
     if png is not None:
-        parts.append(f"<img src='{html.escape(os.path.relpath(png, path.parent))}' style='max-width:100%'>")
+        parts.append(_figure(png))
     parts.append("<p>Shaded completions are in the attractor basin (the most popular embedding cluster).</p>")
     for run in runs:
         parts.append(f"<h2>{html.escape(run.label)}</h2>")

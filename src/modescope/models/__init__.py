@@ -63,6 +63,8 @@ def load(
     tokenizer: str | None = None,
     max_concurrency: int = 8,
     max_logprobs: int | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> Backend:
     """Load a model by preset name, local folder, GGUF file, or Hugging Face id (from the local cache), or
     BASE+ADAPTER: any of those with a LoRA adapter folder (or a shipped adapter's name) on top. `toy:NAME`
@@ -75,12 +77,22 @@ def load(
 
     `device` is cpu, cuda, cuda:N or auto; `dtype` is auto (float32 on CPU, bfloat16 on CUDA), float32,
     bfloat16 or float16 (both are ignored for a served model).
+
+    Loading never runs code from the model's files unless asked: `trust_remote_code=True` lets transformers
+    import the Python modules a folder or hub repository ships (config `auto_map`; a served model's tokenizer
+    too), and `allow_pickle=True` reads weights (and adapters) stored as pickle (.bin, .pt, .pth, .ckpt, .pkl)
+    rather than safetensors, still through torch's weights-only loader. Without them such a model is refused
+    with a ModescopeError that names the file and the option.
     """
     from modescope.models.hf import load_folder, load_gguf
     from modescope.models.remote import RemoteOptions, connect, is_remote
+    from modescope.models.safety import LoadPolicy
 
+    policy = LoadPolicy(trust_remote_code, allow_pickle)
     if is_remote(name):
-        return connect(name, RemoteOptions(tokenizer, max_concurrency, max_logprobs))
+        return connect(
+            name, RemoteOptions(tokenizer, max_concurrency, max_logprobs, trust_remote_code=trust_remote_code)
+        )
     if tokenizer is not None:
         raise ModescopeError(f"--tokenizer is for models behind a server (NAME@URL); '{name}' brings its own")
     if name.startswith("toy:"):
@@ -91,7 +103,7 @@ def load(
         from modescope.models.adapters import load_with_adapter
 
         preset = PRESETS[name]
-        backend = load_with_adapter(f"{preset.base}+{preset.adapter}", device, dtype)
+        backend = load_with_adapter(f"{preset.base}+{preset.adapter}", device, dtype, policy)
         backend.name, backend.source = name, f"preset:{name}"  # type: ignore[attr-defined]
         return backend
     if name in PRESETS:
@@ -99,15 +111,15 @@ def load(
     if "+" in name and not Path(name).expanduser().exists():
         from modescope.models.adapters import load_with_adapter
 
-        return load_with_adapter(name, device, dtype)
+        return load_with_adapter(name, device, dtype, policy)
     path = Path(name).expanduser()
     if name.lower().endswith(".gguf"):
         return load_gguf(path, path.name, device, dtype)
     if path.is_dir():
-        return load_folder(str(path), name, device, dtype)
+        return load_folder(str(path), name, device, dtype, policy)
     if path.suffix or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModescopeError(f"model path '{name}' does not exist; give a folder, a .gguf file, or a preset name")
     if "/" not in name:
         known = ", ".join(PRESETS)
         raise ModescopeError(f"unknown model '{name}'; use a preset ({known}), a folder, a .gguf file or an HF id")
-    return load_folder(name, name, device, dtype)
+    return load_folder(name, name, device, dtype, policy)

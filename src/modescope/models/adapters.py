@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import warnings
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modescope.errors import ModescopeError
+from modescope.models.safety import LoadPolicy, check_adapter_folder, refused_by_torch
 
 if TYPE_CHECKING:
     from modescope.models.base import Backend
@@ -100,21 +102,32 @@ def check_base(folder: Path, backend: HFBackend) -> None:
         )
 
 
-def attach_adapter(backend: HFBackend, folder: Path, name: str | None = None) -> HFBackend:
+def check_adapter(folder: Path, allow_pickle: bool = False) -> None:
+    """Refuse what is not a peft adapter folder, and one whose weights are only pickle unless `allow_pickle`."""
+    if not (folder / PEFT_CONFIG).is_file():
+        raise ModescopeError(f"'{folder}' is not an adapter folder (no {PEFT_CONFIG}); give a folder saved by peft")
+    check_adapter_folder(folder, LoadPolicy(allow_pickle=allow_pickle))
+
+
+def attach_adapter(
+    backend: HFBackend, folder: Path, name: str | None = None, *, allow_pickle: bool = False
+) -> HFBackend:
     """A new backend: `backend`'s model with the LoRA adapter in `folder` attached (not merged, so its outputs
     are exactly those of the model that was saved). `backend` must not be used afterwards: peft injects the
-    adapter layers into its model in place."""
+    adapter layers into its model in place. An adapter saved as pickle (adapter_model.bin) needs
+    `allow_pickle`; peft then reads it weights-only."""
     from peft import PeftModel
 
     from modescope.models.hf import HFBackend
 
-    if not (folder / PEFT_CONFIG).is_file():
-        raise ModescopeError(f"'{folder}' is not an adapter folder (no {PEFT_CONFIG}); give a folder saved by peft")
+    check_adapter(folder, allow_pickle)
     check_base(folder, backend)
     try:
         with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for a user to do
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             peft_model = PeftModel.from_pretrained(backend.model, str(folder), is_trainable=False)
+    except pickle.UnpicklingError as exc:
+        raise refused_by_torch(f"adapter '{folder}'") from exc
     except (RuntimeError, ValueError, KeyError, OSError) as exc:  # size mismatches and unknown modules
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModescopeError(f"adapter '{folder}' does not fit base model '{backend.name}': {first}") from exc
@@ -128,8 +141,11 @@ def attach_adapter(backend: HFBackend, folder: Path, name: str | None = None) ->
     )
 
 
-def load_with_adapter(spec: str, device: str = "auto", dtype: str = "auto") -> Backend:
-    """Load `BASE+ADAPTER`: BASE as `load` takes it, ADAPTER a folder or the name of a shipped adapter."""
+def load_with_adapter(
+    spec: str, device: str = "auto", dtype: str = "auto", policy: LoadPolicy | None = None
+) -> Backend:
+    """Load `BASE+ADAPTER`: BASE as `load` takes it, ADAPTER a folder or the name of a shipped adapter. The
+    adapter folder is checked before the base loads, so a refused adapter costs no model time."""
     from modescope.models import load
     from modescope.models.hf import HFBackend
 
@@ -142,7 +158,9 @@ def load_with_adapter(spec: str, device: str = "auto", dtype: str = "auto") -> B
         if shipped is None:
             raise ModescopeError(f"adapter '{adapter}' is neither a folder nor a shipped adapter; give its folder")
         folder = shipped
-    base = load(base_name, device=device, dtype=dtype)
+    policy = policy or LoadPolicy()
+    check_adapter(folder, policy.allow_pickle)
+    base = load(base_name, device=device, dtype=dtype, **policy.for_load())
     if not isinstance(base, HFBackend):
         raise ModescopeError(f"model '{base_name}' cannot take an adapter; use a transformers model")
-    return attach_adapter(base, folder, name=spec)
+    return attach_adapter(base, folder, name=spec, allow_pickle=policy.allow_pickle)

@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
 import warnings
@@ -25,6 +26,16 @@ import torch
 
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend, ChatPrompt, Rows
+from modescope.models.safety import (
+    PICKLE_HINT,
+    LoadPolicy,
+    RefusedModel,
+    check_model_folder,
+    check_remote_code,
+    local_files,
+    refused_by_torch,
+    remote_code_refused,
+)
 from modescope.models.vocab import Vocabulary, load_vocabulary, save_vocabulary, vocabulary_from_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -354,9 +365,11 @@ def convert_gguf(path: Path, target: Path) -> None:
 
     _check_gguf(path)
     logger.info("converting %s (once; later loads use %s)", path, target)
+    # GGUF architectures are built into transformers: never any remote code, whatever sits beside the file
+    gguf = {"gguf_file": path.name, "trust_remote_code": False}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **gguf)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **gguf)
     except (ValueError, OSError, KeyError, RuntimeError) as exc:
         raise ModescopeError(f"transformers could not load the GGUF file '{path}': {exc}") from exc
     # The weights are already de-quantized; dropping the GGUF quantizer marks lets them be saved as is.
@@ -395,18 +408,30 @@ def _load_converted_tokenizer(folder: Path) -> Any:
     return TokenizersBackend(tokenizer_file=str(folder / "tokenizer.json"), **config)
 
 
-def load_folder(folder: str, name: str, device: str = "auto", dtype: str = "auto") -> HFBackend:
-    """Load a transformers folder or Hugging Face id."""
+def load_folder(
+    folder: str, name: str, device: str = "auto", dtype: str = "auto", policy: LoadPolicy | None = None
+) -> HFBackend:
+    """Load a transformers folder or Hugging Face id. Without the opt-ins of `policy`, a folder that needs
+    remote code or has only pickle weights is refused before transformers reads it, and weights are read from
+    safetensors only."""
     from transformers import AutoModelForCausalLM
 
+    policy = policy or LoadPolicy()
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    tokenizer, vocab = load_tokenizer(folder, name)
+    check_model_folder(folder, name, policy)
+    tokenizer, vocab = load_tokenizer(folder, name, policy.trust_remote_code)
+    # use_safetensors=None lets transformers fall back to pytorch_model.bin, which it reads weights-only
+    safetensors = None if policy.allow_pickle else True
     with _quiet_transformers():
         try:
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=torch_dtype, trust_remote_code=policy.trust_remote_code, use_safetensors=safetensors
+            )
+        except pickle.UnpicklingError as exc:
+            raise refused_by_torch(f"model '{name}'") from exc
         except (OSError, ValueError) as exc:
-            raise _not_loadable(name, exc) from exc
+            raise remote_code_refused(name, exc) or _not_loadable(name, exc, policy) from exc
     model.to(torch_device)  # type: ignore[arg-type]
     model.eval()
     return HFBackend(name, model, tokenizer, source=folder, vocab=vocab)
@@ -423,24 +448,35 @@ def _quiet_transformers() -> Iterator[None]:
         yield
 
 
-def _not_loadable(name: str, exc: Exception) -> ModescopeError:
+def _not_loadable(name: str, exc: Exception, policy: LoadPolicy | None = None) -> ModescopeError:
+    first = str(exc).splitlines()[0]
+    # weights looked for as safetensors only: a folder or hub repository not seen beforehand may hold pickles
+    if policy is not None and not policy.allow_pickle and "safetensors" in first:
+        return RefusedModel(f"could not load model '{name}': no safetensors weights ({first}); {PICKLE_HINT}")
     return ModescopeError(
         f"could not load model '{name}': not a preset, a local folder, a .gguf file, or a Hugging Face "
-        f"model in the local cache ({str(exc).splitlines()[0]}); run `modescope models` to see presets"
+        f"model in the local cache ({first}); run `modescope models` to see presets"
     )
 
 
-def load_tokenizer(folder: str, name: str) -> tuple[Any, Vocabulary | None]:
+def load_tokenizer(folder: str, name: str, trust_remote_code: bool = False) -> tuple[Any, Vocabulary | None]:
     """The tokenizer of a transformers folder or cached Hugging Face id, and its byte table when the folder
-    is a converted copy (None otherwise: the backend builds it from the tokenizer)."""
+    is a converted copy (None otherwise: the backend builds it from the tokenizer). A tokenizer that needs its
+    own Python code is refused unless `trust_remote_code`."""
     from transformers import AutoTokenizer
 
+    local = local_files(folder)
+    if local is not None:
+        check_remote_code(local, name, LoadPolicy(trust_remote_code=trust_remote_code))
     converted = Path(folder).is_relative_to(cache_root()) and (Path(folder) / "tokenizer.json").is_file()
     with _quiet_transformers():
         try:
-            tokenizer = _load_converted_tokenizer(Path(folder)) if converted else AutoTokenizer.from_pretrained(folder)
+            if converted:
+                tokenizer = _load_converted_tokenizer(Path(folder))
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
-            raise _not_loadable(name, exc) from exc
+            raise remote_code_refused(name, exc) or _not_loadable(name, exc) from exc
     if not converted:
         return tokenizer, None
     vocab_file = Path(folder) / VOCAB_FILE

@@ -69,6 +69,7 @@ class RemoteOptions:
     max_logprobs: int | None = None
     timeout: float = 300.0
     retries: int = 4
+    trust_remote_code: bool = False  # the tokenizer may run Python code it ships (see models/safety.py)
 
     def check(self) -> None:
         if self.max_concurrency < 1:
@@ -547,6 +548,7 @@ def _resolve_tokenizer(name: str, options: RemoteOptions) -> tuple[Any, Vocabula
     """The tokenizer and byte table for a served model: --tokenizer, else the served NAME itself."""
     from modescope.models import PRESETS, preset_folder
     from modescope.models.hf import load_tokenizer
+    from modescope.models.safety import RefusedModel
 
     source = options.tokenizer or name
     if source in PRESETS:
@@ -562,7 +564,9 @@ def _resolve_tokenizer(name: str, options: RemoteOptions) -> tuple[Any, Vocabula
             "id whose tokenizer the served model uses)"
         )
     try:
-        tokenizer, vocab = load_tokenizer(str(folder), source)
+        tokenizer, vocab = load_tokenizer(str(folder), source, options.trust_remote_code)
+    except RefusedModel:
+        raise  # it names the option that lets it load: a generic hint would hide that
     except ModescopeError:
         raise ModescopeError(
             f"cannot load the tokenizer '{source}' for the served model '{name}': give --tokenizer (a preset, "

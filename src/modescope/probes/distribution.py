@@ -116,7 +116,13 @@ class _CanonicalTokenization:
         self.paths: list[tuple[int, ...]] = []
         self.plan: dict[tuple[int, ...], Expansion] = {(): Expansion()}
         for k, target in enumerate(targets):
-            path = tuple(backend.encode(target.text.decode("utf-8"), add_special_tokens=False))
+            try:
+                path = tuple(backend.encode(target.text.decode("utf-8"), add_special_tokens=False))
+            except (ValueError, KeyError) as exc:  # a tokenizer without byte fallback (the toy models)
+                raise ModescopeError(
+                    f"the tokenizer of '{backend.name}' cannot encode {target.text.decode()!r} ({exc}); "
+                    "use --tokenizations all or drop that candidate"
+                ) from None
             spelled = b"".join(backend.vocab.token_bytes[t] for t in path)
             if spelled != target.text:
                 raise ModescopeError(
@@ -315,10 +321,14 @@ def check_temperature(temperature: float) -> None:
 
 
 def tempered(temperature: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The per-token temperature transform of log-probabilities (None at temperature 1)."""
+    """The per-token temperature transform of log-probabilities (None at temperature 1). The maximum is
+    subtracted first, so that a tiny temperature (1e-310) cannot overflow every entry to -inf (NaN after the
+    softmax): the likeliest tokens keep 0 and the distribution tends to the point mass it should."""
     if temperature == 1.0:
         return None
-    return lambda logprobs: torch.log_softmax(logprobs / temperature, dim=-1)
+    return lambda logprobs: torch.log_softmax(
+        (logprobs - logprobs.max(dim=-1, keepdim=True).values) / temperature, dim=-1
+    )
 
 
 class AnswerTree:

@@ -8,10 +8,11 @@ holds `max_nodes` nodes (then the expansion stops and says so in `notices`).
 
 Sibling tokens whose text is the same after whitespace normalization (" Yes" and "Yes", Gemma's byte
 fallback "<0x30>" and "0") are merged into one node whose mass is their sum. Expanding a merged node
-continues each of its spellings that holds at least `SPELLING_SHARE` of its mass and merges their children
-the same way, so a node's children are the exact mixture over those spellings. Whatever is not covered by
-the listed children is the node's `unexpanded` mass: children below the cutoff, spellings not continued,
-and everything below a node that was not expanded. Children plus unexpanded always equal the node.
+continues each of its spellings that holds at least `SPELLING_SHARE` of its mass (the likeliest one when none
+does) and merges their children the same way, so a node's children are the exact mixture over those
+spellings. Whatever is not covered by the listed children is the node's `unexpanded` mass: children below
+the cutoff, spellings not continued, and everything below a node that was not expanded. Children plus
+unexpanded always equal the node.
 
 With several models the tree is their union aligned by text: a step is listed when it reaches the cutoff in
 any model, and every expanded node is expanded in every model, so each model's value on each block is
@@ -43,7 +44,7 @@ from modescope.models.base import Backend, ChatPrompt, Rows, partial_distributio
 
 SPELLING_SHARE = 0.01  # spellings of a merged node holding less of its mass are not continued
 EOS_KEY = "\x00eos"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a node whose spellings all hold under SPELLING_SHARE continues its likeliest
 MEMORY_CACHE_SIZE = 16
 
 
@@ -622,10 +623,17 @@ class _Expander:
             joint = float(below[m].by_key[key_id])
             tokens = torch.from_numpy(self.keys[m].tokens(key_id))
             spellings = []
+            likeliest: Spelling | None = None
             for parent_spelling, token_joints in zip(parent_values.spellings, below[m].logjoints, strict=True):
                 for token, logprob in zip(tokens.tolist(), token_joints[tokens].tolist(), strict=True):
                     if math.exp(logprob) >= SPELLING_SHARE * joint and joint > 0:
                         spellings.append(Spelling((*parent_spelling.path, token), logprob, parent_spelling.row))
+                    elif joint > 0 and (likeliest is None or logprob > likeliest.logprob):
+                        likeliest = Spelling((*parent_spelling.path, token), logprob, parent_spelling.row)
+            if not spellings and likeliest is not None:
+                # mass spread over more than 1 / SPELLING_SHARE spellings: continue the likeliest, or expanding
+                # the node would forward nothing and leave it marked expanded without children or entropy
+                spellings = [likeliest]
             spellings.sort(key=lambda s: -s.logprob)
             text = self.keys[m].texts[spellings[0].path[-1]] if spellings else None
             if text is not None and joint > best[0]:

@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
 from modescope.suites.prompt_set_command import PromptsFile, Resume, SetStore, Template
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from modescope.models.safety import LoadPolicy
 
 
 class Mix(StrEnum):
@@ -81,6 +84,8 @@ def frontier_command(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every point and prompt as JSON.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Remedies for collapse (samplers, prompt strategies, Verbalized Sampling, base-guided decoding) on a
     diversity-quality frontier, over the same prompts."""
@@ -97,8 +102,9 @@ def frontier_command(
         _check_chat_options(chat, system, "")
         points = parse_grid(remedy if remedy is not None else list(DEFAULT_GRID))
         models = model or list(DEFAULT_MODELS)
+        policy = load_policy(trust_remote_code, allow_pickle)
         if uses_guide(points):
-            check_guide(models, guide, guide_mix.value)
+            check_guide(models, guide, guide_mix.value, policy)
         elif guide is not None:
             raise ModescopeError("--guide is for the guided remedy; add --remedy guided=0.5 or drop --guide")
         for path, what in ((png, "--png"), (html, "--html"), (json_path, "--json")):
@@ -133,11 +139,12 @@ def frontier_command(
             html=html,
             device=device,
             dtype=dtype,
+            policy=policy,
             console=_console(),
         )
 
 
-def check_guide(models: list[str], guide: str | None, mix: str) -> None:
+def check_guide(models: list[str], guide: str | None, mix: str, policy: LoadPolicy | None = None) -> None:
     """Refuse, before any sampling, a guided remedy without a guide or with a guide of another tokenizer."""
     from modescope.errors import ModescopeError
     from modescope.models import load
@@ -145,9 +152,10 @@ def check_guide(models: list[str], guide: str | None, mix: str) -> None:
 
     if guide is None:
         raise ModescopeError("the guided remedy needs --guide MODEL (the tuned model's base, with the same tokenizer)")
-    base = load(guide)
+    opt_ins = policy.for_load() if policy is not None else {}
+    base = load(guide, **opt_ins)
     for name in models:
-        guided(load(name), base, 0.5, mix)
+        guided(load(name, **opt_ins), base, 0.5, mix)
 
 
 def _estimate(e: dict[str, Any] | None, signed: bool = False) -> str:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -40,6 +42,8 @@ def verbalized_command(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write every row and generation as JSON.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Ask for k responses with probabilities (Verbalized Sampling), and compare the stated probabilities with
     the model's exact ones under the plain prompt and with how often it gives each response when sampled."""
@@ -57,7 +61,8 @@ def verbalized_command(
         _prepare_output(png, "--png")
         _prepare_output(json_path, "--json")
         console = _console()
-        (backend,) = _load_models([model], device, dtype, console)
+        policy = load_policy(trust_remote_code, allow_pickle)
+        (backend,) = _load_models([model], device, dtype, console, policy=policy)
         the_prompt = ChatPrompt(prompt, system) if chat else prompt
         with console.status("sampling") as status:
             result = stated_vs_real(backend, the_prompt, k, n, direct_n, max_tokens, seed, progress=status.update)

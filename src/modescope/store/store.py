@@ -2,7 +2,9 @@
 the probe it was computing, and a rerun of the same suite resumes or reuses finished probes from the cache.
 
 WAL mode lets a report read while a run writes; synchronous=NORMAL can lose the last commits on a power cut
-but never corrupts the database, and a killed process loses nothing it committed.
+but never corrupts the database, and a killed process loses nothing it committed. Several processes can write
+one store at once: each write transaction takes the lock up front and waits its turn (see sqlite_failures.py),
+and a write that fails (a full disk) is rolled back whole, with a one-line error that says how to resume.
 """
 
 from __future__ import annotations
@@ -12,15 +14,24 @@ import math
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import modescope.store.sqlite_failures as sqlite_failures
 from modescope.errors import ModescopeError
 from modescope.store.records import Artifact, Metric, ProbeOutput, RunInfo, StoredUnit, UnitRecord
 from modescope.store.schema import migrate
+from modescope.store.sqlite_failures import (
+    damaged,
+    is_storage_error,
+    open_failure,
+    read_failure,
+    retry_busy,
+    write_failure,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,24 +70,38 @@ class Store:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+        if isinstance(error, sqlite3.Error) and is_storage_error(error):
+            # A read that met a damaged page or a failing disk (writes name their own errors): one line naming
+            # the store, for the CLI to print, rather than a traceback.
+            raise read_failure(error, self.path) from error
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction. IMMEDIATE takes the write lock up front, so a busy store waits (up to the
-        connect timeout) at the start rather than failing halfway through."""
+    def _write(self, run_id: int | None = None) -> Iterator[sqlite3.Connection]:
+        """One write transaction, for the run `run_id` if it writes one. IMMEDIATE takes the write lock up front,
+        so a busy store waits at the start (SQLite's timeout, then retry_busy's) rather than failing halfway
+        through, and a reader never has to turn writer. A write the disk refuses rolls back whole and becomes
+        a StoreWriteError that says how to continue the run."""
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as e:
-            raise ModescopeError(
-                f"cannot write to the results store {self.path}: {e} (is another modescope writing to it?)"
-            ) from e
+            retry_busy(lambda: self._conn.execute("BEGIN IMMEDIATE"))
+        except sqlite3.Error as e:
+            if not is_storage_error(e):
+                raise
+            raise write_failure(e, self.path, run_id) from e
         try:
             yield self._conn
             self._conn.execute("COMMIT")
-        except BaseException:
-            if self._conn.in_transaction:  # a failed COMMIT may already have ended it
-                self._conn.execute("ROLLBACK")
+        except BaseException as e:
+            self._roll_back()
+            if isinstance(e, sqlite3.Error) and is_storage_error(e):
+                raise write_failure(e, self.path, run_id) from e
             raise
+
+    def _roll_back(self) -> None:
+        if not self._conn.in_transaction:  # a failed COMMIT, or a disk error, may already have ended it
+            return
+        # The error that made us roll back is the one to report; SQLite rolls back by itself on a failed write.
+        with suppress(sqlite3.Error):
+            self._conn.execute("ROLLBACK")
 
     # Runs
 
@@ -133,7 +158,7 @@ class Store:
         if status not in STATUSES:
             raise ValueError(f"run status must be one of {', '.join(STATUSES)}, not {status!r}")
         finished = None if status == "running" else time.time()
-        with self._write() as conn:
+        with self._write(run_id) as conn:
             cursor = conn.execute("UPDATE runs SET status = ?, finished = ? WHERE id = ?", (status, finished, run_id))
             if cursor.rowcount == 0:
                 raise self._unknown_run(run_id)
@@ -164,7 +189,7 @@ class Store:
         """
         # Serialize before taking the lock: a payload that is not JSON-able fails here, with nothing written.
         params_json, payload_json, notes_json = _dumps(params), _dumps(output.payload), _dumps(output.notes)
-        with self._write() as conn:
+        with self._write(run_id) as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise self._unknown_run(run_id)
             old = conn.execute(
@@ -258,9 +283,12 @@ class Store:
         a unit already stored in the run is replaced, and a failure recorded for it is cleared."""
         payload_json, notes_json, meta_json = _dumps(output.payload), _dumps(output.notes), _dumps(unit.meta)
         key = (run_id, unit.probe, unit.prompt_id, unit.model)
-        with self._write() as conn:
+        with self._write(run_id) as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
                 raise self._unknown_run(run_id)
+            old = conn.execute(
+                "SELECT cache_key FROM units WHERE run_id = ? AND probe = ? AND prompt_id = ? AND model = ?", key
+            ).fetchone()
             conn.execute("DELETE FROM units WHERE run_id = ? AND probe = ? AND prompt_id = ? AND model = ?", key)
             conn.execute(
                 "DELETE FROM unit_failures WHERE run_id = ? AND probe = ? AND prompt_id = ? AND model = ?", key
@@ -284,6 +312,14 @@ class Store:
             unit_id = int(cursor.lastrowid or 0)
             _insert_pieces(conn, "unit_", "unit_id", unit_id, output)
             conn.execute("INSERT OR REPLACE INTO unit_cache (key, unit_id) VALUES (?, ?)", (unit.cache_key, unit_id))
+            if old is not None and old[0] != unit.cache_key:
+                # As save_probe does: the replaced unit may have been the cache entry for its old key, which another
+                # unit may still hold; point the key there rather than forget it (and recompute that unit).
+                conn.execute(
+                    "INSERT OR IGNORE INTO unit_cache (key, unit_id)"
+                    " SELECT cache_key, max(id) FROM units WHERE cache_key = ? GROUP BY cache_key",
+                    (old[0],),
+                )
 
     def cached_unit(self, cache_key: str) -> ProbeOutput | None:
         """The output stored under this unit key by any run, or None."""
@@ -322,7 +358,7 @@ class Store:
 
     def record_failure(self, run_id: int, probe: str, prompt_id: str, model: str, error: str, attempts: int) -> None:
         """Keep a unit the executor gave up on, so the run lists it and --resume knows to compute it."""
-        with self._write() as conn:
+        with self._write(run_id) as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO unit_failures (run_id, probe, prompt_id, model, error, attempts, saved)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -453,33 +489,52 @@ def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    """Connect, set up WAL, and migrate; every way that can fail on the user's path is a ModescopeError."""
+    """Connect, check the file is a modescope store (or new), set up WAL, and migrate; every way that can fail
+    on the user's path is a ModescopeError."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ModescopeError(
             f"cannot create the folder {path.parent} for the results store {path}: {e.strerror or e}"
         ) from e
-    conn: sqlite3.Connection | None = None
+    # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), never implicit.
     try:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT), never implicit.
-        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-        conn.execute("PRAGMA foreign_keys = ON")
-        if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-            raise ModescopeError(f"the results store {path} cannot use write-ahead logging (is it on a network drive?)")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        migrate(conn, path)
-    except sqlite3.DatabaseError as e:
-        if conn is not None:
-            conn.close()
-        if "not a database" in str(e) or "malformed" in str(e):
-            raise ModescopeError(f"{path} is not a modescope results store (not an SQLite database)") from e
-        raise ModescopeError(f"cannot open the results store {path}: {e} (is its folder writable?)") from e
-    except BaseException:
-        if conn is not None:
-            conn.close()
+        conn = sqlite3.connect(path, timeout=sqlite_failures.BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as e:
+        raise open_failure(e, path) from e
+    try:
+        # Checked before anything is written, so a file that is not a store is left exactly as it was.
+        retry_busy(lambda: _check_is_store(conn, path))
+        retry_busy(lambda: _set_up(conn, path))  # each step is repeatable: migrate re-reads the version
+    except BaseException as e:
+        conn.close()
+        if isinstance(e, sqlite3.Error) and is_storage_error(e):
+            raise open_failure(e, path) from e
         raise
     return conn
+
+
+def _check_is_store(conn: sqlite3.Connection, path: Path) -> None:
+    """Refuse another program's SQLite database (migrating it would add our tables to it) and a store cut
+    short (SQLite reads the missing end of a partial last page as zeros, and would write over it)."""
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+    if tables and "schema_version" not in tables:
+        shown = ", ".join(tables[:6]) + (", ..." if len(tables) > 6 else "")
+        raise ModescopeError(
+            f"{path} is an SQLite database but not a modescope results store (its tables: {shown}); give another path"
+        )
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    size = path.stat().st_size if path.exists() else 0
+    if size % page_size:
+        raise damaged(path, f"its {size} bytes are not a whole number of {page_size}-byte pages: it was cut short")
+
+
+def _set_up(conn: sqlite3.Connection, path: Path) -> None:
+    conn.execute("PRAGMA foreign_keys = ON")
+    if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+        raise ModescopeError(f"the results store {path} cannot use write-ahead logging (is it on a network drive?)")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    migrate(conn, path)
 
 
 def _finite(value: float | None) -> float | None:

@@ -30,6 +30,7 @@ from modescope.errors import ModescopeError
 from modescope.jsonsafe import finite
 from modescope.metrics.paired import bootstrap_means, paired_differences
 from modescope.store import Artifact, Metric, ProbeOutput, StoredUnit
+from modescope.viz.offline import offline_csp
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -855,7 +856,7 @@ def prompts_page(payload: dict[str, Any], views: Sequence[dict[str, list[dict[st
     data = {"prompts": prompts, "views": list(views)}
     title = f"{payload['kind']} over {len(prompts)} prompts · {', '.join(models)}"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>modescope prompt set: {_e(title)}</title>
+<html lang="en"><head><meta charset="utf-8">{offline_csp(scripts=True, images=True)}<title>modescope prompt set: {_e(title)}</title>
 <style>{PAGE_STYLE}</style></head>
 <body>
 <h1>{_e(title)}</h1>

@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
 from modescope.server_options import MaxConcurrency, MaxLogprobs, Tokenizer
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from modescope.models.safety import LoadPolicy
     from modescope.store import Store
     from modescope.suites.units import Executor, UnitFailure
 
@@ -76,6 +78,8 @@ def run_command(
     tokenizer: Tokenizer = None,
     max_concurrency: MaxConcurrency = None,
     max_logprobs: MaxLogprobs = None,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
     ray: Annotated[
         bool,
         typer.Option(
@@ -90,7 +94,8 @@ def run_command(
     """Run an experiment suite: every probe on every model, stored as it finishes, cached by content.
 
     Probes over a prompt set are stored prompt by prompt and model by model: a killed run resumed with --resume
-    computes only the missing units. With --ray they are computed on a Ray cluster; the store stays here."""
+    computes only the missing units. With --ray they are computed on a Ray cluster; the store stays here.
+    --trust-remote-code and --allow-pickle apply to every model of the run: a suite file cannot ask for them."""
     from modescope.cli import _console, _prepare_output, user_errors
 
     with user_errors():
@@ -99,11 +104,12 @@ def run_command(
         plan = plan_suite(suite, model, tokenizer=tokenizer, max_concurrency=max_concurrency, max_logprobs=max_logprobs)
         _prepare_output(report, "--report")
         console = _console()
+        policy = load_policy(trust_remote_code, allow_pickle)
         with (
             _open_store(store_path) as store,
-            _executor(ray or ray_address is not None, ray_address, device, dtype) as executor,
+            _executor(ray or ray_address is not None, ray_address, device, dtype, policy) as executor,
         ):
-            run_id = _run_with_progress(plan, store, resume, only, device, dtype, console, executor)
+            run_id = _run_with_progress(plan, store, resume, only, device, dtype, console, executor, policy)
             failures = store.failures(run_id)
             if failures:
                 _print_failures(failures, run_id, store, console)
@@ -118,14 +124,16 @@ def run_command(
 
 
 @contextmanager
-def _executor(ray: bool, address: str | None, device: str, dtype: str) -> Iterator[Executor | None]:
+def _executor(
+    ray: bool, address: str | None, device: str, dtype: str, policy: LoadPolicy | None = None
+) -> Iterator[Executor | None]:
     """The Ray executor when asked for (started before any model loads, closed however the run ends)."""
     if not ray:
         yield None
         return
     from modescope.suites.ray_executor import RayExecutor
 
-    executor = RayExecutor(address=address, device=device, dtype=dtype)
+    executor = RayExecutor(address=address, device=device, dtype=dtype, policy=policy)
     try:
         yield executor
     finally:
@@ -156,6 +164,7 @@ def _run_with_progress(
     dtype: str,
     console: Console,
     executor: Executor | None = None,
+    policy: LoadPolicy | None = None,
 ) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -197,7 +206,15 @@ def _run_with_progress(
 
         events = RunEvents(started, progress, finished, lambda name: progress(f"loading {name}"), units, failed)
         return run_suite(
-            plan, store, resume=resume, only=only, device=device, dtype=dtype, events=events, executor=executor
+            plan,
+            store,
+            resume=resume,
+            only=only,
+            device=device,
+            dtype=dtype,
+            events=events,
+            executor=executor,
+            policy=policy,
         )
 
 

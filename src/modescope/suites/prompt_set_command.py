@@ -20,6 +20,8 @@ from modescope.errors import ModescopeError
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from modescope.models.safety import LoadPolicy
+
 PromptsFile = Annotated[
     str | None,
     typer.Option(
@@ -65,12 +67,13 @@ def run_prompt_set(
     device: str = "auto",
     dtype: str = "auto",
     server: dict[str, Any] | None = None,
+    policy: LoadPolicy | None = None,
     console: Console,
 ) -> int:
     """Run the command's probe (its kind and settings, as suite keys) over the prompt set (a file, or the
     list `prompts`), store it, print the aggregates and write --json (the aggregate with every prompt's
     numbers), --html (the prompt-set page; a frontier's interactive page) and --png (the metrics figure; a
-    frontier's plot). Returns the run id."""
+    frontier's plot). `policy` holds --trust-remote-code and --allow-pickle. Returns the run id."""
     from modescope.store import Store
     from modescope.suites import schema
     from modescope.suites.aggregate import print_aggregate
@@ -91,7 +94,7 @@ def run_prompt_set(
     server = server or {}
     plan = plan_entries(suite, Path.cwd(), text, list(suite.models), min_models=1, **server)
     with Store(store_path) as store:
-        run_id = _run_with_progress(plan, store, resume, None, device, dtype, console)
+        run_id = _run_with_progress(plan, store, resume, None, device, dtype, console, policy=policy)
         failures = store.failures(run_id)
         if failures:
             _print_failures(failures, run_id, store, console)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modescope.errors import ModescopeError
+from modescope.models.safety import LoadPolicy
 from modescope.suites import schema
 from modescope.suites.runner import ModelPool
 from modescope.suites.units import Batch, Executor, ExecutorEvents, UnitFailure, UnitResult, compute_batch
@@ -44,8 +45,8 @@ class ModelWorker:
 
     A plain class (ray.remote is applied by the executor), so importing this module needs no Ray."""
 
-    def __init__(self, device: str, dtype: str) -> None:
-        self.pool = ModelPool(device, dtype)
+    def __init__(self, device: str, dtype: str, policy: LoadPolicy | None = None) -> None:
+        self.pool = ModelPool(device, dtype, policy=policy or LoadPolicy())
         self.lock = threading.Lock()  # a client worker runs several batches on threads; load once
 
     def ping(self) -> bool:
@@ -105,6 +106,7 @@ class RayExecutor(Executor):
         dtype: str = "auto",
         max_attempts: int = 3,
         num_cpus: int | None = None,
+        policy: LoadPolicy | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ModescopeError(f"max_attempts must be at least 1 (got {max_attempts})")
@@ -118,6 +120,7 @@ class RayExecutor(Executor):
         self.address = address
         self.device = device
         self.dtype = dtype
+        self.policy = policy or LoadPolicy()  # --trust-remote-code and --allow-pickle, for every worker
         self.max_attempts = max_attempts
         self.num_cpus = num_cpus
         self.started_ray = False  # whether close() shuts Ray down
@@ -208,7 +211,7 @@ class RayExecutor(Executor):
             options["max_concurrency"] = worker.window
         if self._actor_class is None:
             self._actor_class = self.ray.remote(self.worker_class)
-        worker.actor = self._actor_class.options(**options).remote(self.device, self.dtype)
+        worker.actor = self._actor_class.options(**options).remote(self.device, self.dtype, self.policy)
         worker.ready = worker.actor.ping.remote()
         worker.created = time.monotonic()
         self.stats["workers_started"] += 1

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import modescope
 from modescope.errors import ModescopeError
+from modescope.models.safety import LoadPolicy
 from modescope.store import ProbeOutput, UnitRecord
 from modescope.suites import schema
 from modescope.suites.kinds import ProbeContext, compares_pairs, pair_label, run_probe
@@ -197,12 +198,14 @@ def _cache_key(item: PlannedProbe, identities: dict[str, str]) -> str:
 
 @dataclass
 class ModelPool:
-    """Models loaded on first use, once per run."""
+    """Models loaded on first use, once per run. `policy` holds the run's --trust-remote-code and
+    --allow-pickle: the person running the suite decides, never the suite file (which may come from anyone)."""
 
     device: str = "auto"
     dtype: str = "auto"
     on_load: Callable[[str], None] | None = None
     loaded: dict[str, Backend] = field(default_factory=dict)
+    policy: LoadPolicy = field(default_factory=LoadPolicy)
 
     def get(self, entry: schema.ModelEntry) -> Backend:
         if entry.name not in self.loaded:
@@ -210,7 +213,13 @@ class ModelPool:
                 self.on_load(entry.name)
             from modescope.models import load
 
-            backend = load(entry.load_name, device=self.device, dtype=self.dtype, **entry.server_options())
+            backend = load(
+                entry.load_name,
+                device=self.device,
+                dtype=self.dtype,
+                **entry.server_options(),
+                **self.policy.for_load(),
+            )
             backend.name = entry.name
             self.loaded[entry.name] = backend
         return self.loaded[entry.name]
@@ -248,6 +257,7 @@ def run_suite(
     dtype: str = "auto",
     events: RunEvents | None = None,
     executor: Executor | None = None,
+    policy: LoadPolicy | None = None,
 ) -> int:
     """Run every probe of the plan (or only the named ones, recomputed) and return the run id.
 
@@ -259,6 +269,11 @@ def run_suite(
     unknown = [n for n in only or [] if n not in names]
     if unknown:
         raise ModescopeError(f"no probe '{unknown[0]}' in suite '{plan.suite.name}'; its probes: {', '.join(names)}")
+    from modescope.resources import check_suite
+
+    # before a run is recorded or a model loads: refuse probes still to compute that cannot fit in memory
+    pending = [p for p in plan.probes if p.probe.name in only] if only else plan.probes
+    check_suite([p for p in pending if only or store.cached(p.cache_key) is None], device, dtype, executor is not None)
     run_id = _pick_run(plan, store, resume, bool(only))
     if resume:
         store.finish_run(run_id, "running")
@@ -267,7 +282,7 @@ def run_suite(
         todo = [p for p in plan.probes if p.probe.name in only]
     else:
         todo = [p for p in plan.probes if p.probe.name not in done]
-    pool = ModelPool(device, dtype, events.model_loading)
+    pool = ModelPool(device, dtype, events.model_loading, policy=policy or LoadPolicy())
     local = LocalExecutor(pool)
     executor = executor or local
     failed = False

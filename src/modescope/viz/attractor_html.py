@@ -16,6 +16,7 @@ from pathlib import Path
 
 from modescope.engine.decode import TokenRecord
 from modescope.probes.attractors import AttractorResult, PerturbedRun
+from modescope.viz.offline import offline_csp
 from modescope.viz.tokens_html import STYLE, _token_span
 
 ATTRACTOR_STYLE = """
@@ -100,7 +101,7 @@ def attractor_page(results: list[AttractorResult], prompt: str) -> str:
     """A self-contained HTML page: per model, the mainline and every perturbed completion, one per row."""
     sections = "".join(_model_section(r) for r in results)
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>modescope attractors</title>
+<html lang="en"><head><meta charset="utf-8">{offline_csp()}<title>modescope attractors</title>
 <style>{STYLE}{ATTRACTOR_STYLE}</style></head>
 <body>
 <h1>Attractors: perturb the greedy completion, regenerate, see whether it comes back</h1>

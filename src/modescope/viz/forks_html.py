@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from modescope.probes.forks import ForkResult
+from modescope.viz.offline import offline_csp
 from modescope.viz.tokens_html import STYLE
 
 FORK_STYLE = """
@@ -50,7 +51,7 @@ def forks_section(model: str, result: ForkResult) -> str:
 def forks_page(results: dict[str, ForkResult], prompt: str) -> str:
     sections = "".join(forks_section(model, result) for model, result in results.items())
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>modescope forking tokens</title>
+<html lang="en"><head><meta charset="utf-8">{offline_csp()}<title>modescope forking tokens</title>
 <style>{STYLE}{FORK_STYLE}</style></head>
 <body>
 <h1>Forking tokens</h1>

@@ -12,6 +12,7 @@ from typing import Any
 
 from modescope.jsonsafe import finite
 from modescope.viz.frontier_plot import LABELS
+from modescope.viz.offline import offline_csp
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.2rem; color: #1b1b1b; background: #fafafa; }
@@ -166,7 +167,7 @@ def frontier_page(payload: dict[str, Any]) -> str:
     """The whole page for a `modescope.probes.frontier.summarize` payload."""
     count = len(payload.get("prompts", []))
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>modescope frontier</title><style>{STYLE}</style></head>
+<html lang="en"><head><meta charset="utf-8">{offline_csp(scripts=True)}<title>modescope frontier</title><style>{STYLE}</style></head>
 <body>
 <h1>Diversity-quality frontier</h1>
 <p class="meta">{count} prompts · every point a mean over the prompts (95% bootstrap intervals in the table) ·

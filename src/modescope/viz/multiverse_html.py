@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modescope.jsonsafe import finite
+from modescope.viz.offline import offline_csp
 
 # The base rules match tokens_html.STYLE; they are repeated rather than imported because that module pulls
 # in torch (1.4 s), and this page is written from plain JSON.
@@ -487,7 +488,7 @@ def multiverse_html(data: dict[str, Any], title: str | None = None) -> str:
         else ""
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{heading}</title>
+<html lang="en"><head><meta charset="utf-8">{offline_csp(scripts=True)}<title>{heading}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>{STYLE}</style></head>
 <body>

@@ -5,7 +5,8 @@ view, and siblings are stacked inside their parent's span, most likely on top. T
 did not list (children below the cutoff, spellings not continued) is a grey block under its children.
 With two or more models, each model's own tree gets a panel on the same axes, and a difference panel draws
 the union tree coloured by log2(p_tuned / p_base), sized by the mean of the two joints (the mean is additive,
-so the nesting stays exact).
+so the nesting stays exact where both models have a value; a step only one model has is sized by that model's
+joint, and blocks are clipped to their parent's span).
 """
 
 from __future__ import annotations
@@ -100,22 +101,25 @@ def _draw(ax: Any, panel: Panel, top: MultiverseNode, depth: int, points_per_uni
                 in_layout=False,
             )
 
-    def below(node: MultiverseNode, column: int, y_top: float) -> None:
+    def below(node: MultiverseNode, column: int, y_top: float, span: float) -> None:
+        """Draw the children of `node`, whose block spans y_top - span .. y_top."""
         if column >= depth:
             return
         scale = 1.0 / top_size
         y = y_top
         for child in panel.children(node):
-            height = panel.size(child) * scale
+            # clipped to what is left of the parent's block, as the HTML page does: in the difference view a step
+            # only one model has is sized by that model alone, so siblings may add up to more than the parent
+            height = max(0.0, min(panel.size(child) * scale, y - (y_top - span)))
             y -= height
             block(column, y, height, panel.colour(child), panel.label(child), panel.hatched(child))
-            below(child, column + 1, y + height)
-        rest = panel.size(node) * scale - (y_top - y)
+            below(child, column + 1, y + height, height)
+        rest = span - (y_top - y)
         if node.expanded and rest * y_pt >= 0.3:
             share = rest / (panel.size(node) * scale) if panel.size(node) > 0 else 0.0
             block(column, y - rest, rest, OTHER_COLOUR, f"other {share:.0%}")
 
-    below(top, 0, 1.0)
+    below(top, 0, 1.0, 1.0)
 
 
 def _axes(ax: Any, title: str, depth: int, first_depth: int) -> None:

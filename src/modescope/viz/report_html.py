@@ -22,6 +22,7 @@ import modescope
 from modescope.browser import HEADLESS_FLAGS, find_chromium
 from modescope.errors import ModescopeError
 from modescope.store import Metric, ProbeOutput, Store
+from modescope.viz.offline import offline_csp
 
 # The numbers the overview shows per probe kind (all metrics are in each probe's own table).
 HEADLINES: dict[str, list[tuple[str, str]]] = {
@@ -362,7 +363,7 @@ def report_html(store: Store, run_id: int) -> str:
     text_hash = hashlib.sha256(run.suite_text.encode()).hexdigest()[:12]
     timing = f"{duration:.0f} s wall" if duration is not None else "unfinished"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>modescope report: {_e(run.suite)} run {run.id}</title>
+<html lang="en"><head><meta charset="utf-8">{offline_csp(scripts=True, images=True)}<title>modescope report: {_e(run.suite)} run {run.id}</title>
 <style>{STYLE}</style></head>
 <body>
 <header id="run">

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from modescope.engine.decode import Continuation, TokenRecord
 from modescope.probes.sampling import SamplingResult
+from modescope.viz.offline import offline_csp
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1b1b1b; background: #fafafa; }
@@ -70,7 +71,7 @@ def sampling_page(result: SamplingResult) -> str:
         )
     settings = ", ".join(f"{k}={v}" for k, v in result.sampler.model_dump().items() if k != "order")
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>modescope samples</title><style>{STYLE}</style></head>
+<html lang="en"><head><meta charset="utf-8">{offline_csp()}<title>modescope samples</title><style>{STYLE}</style></head>
 <body>
 <h1>{result.n} completions per model</h1>
 <div class="prompt">{html.escape(result.prompt)}</div>

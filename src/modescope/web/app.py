@@ -36,18 +36,35 @@ from modescope.jsonsafe import finite
 from modescope.models.base import Backend, ChatPrompt
 from modescope.web.remedy import Remedy, check_remedy, remedy_options, sent_prompt
 from modescope.web.schemas import (
+    GENERATE_LINKS,
+    REGENERATE_LINKS,
+    TOKENIZE_LINKS,
     AttractorIn,
+    AttractorOut,
     Decoding,
     DistributionIn,
+    DistributionOut,
+    ExpandedProgressOut,
     GenerateIn,
+    GenerateOut,
     Limits,
+    ModelProgressOut,
+    ModelsOut,
     MultiverseIn,
+    MultiverseOut,
     NextIn,
+    NextOut,
     PromptIn,
     RegenerateIn,
+    RegenerateOut,
     RemedyIn,
     TokenizeIn,
+    TokenizeOut,
+    openapi_document,
+    route_docs,
+    stream_docs,
 )
+from modescope.web.security import Hardening, check_allowed_hosts
 from modescope.web.worker import Busy, Worker
 
 STATIC = Path(__file__).parent / "static"
@@ -137,6 +154,11 @@ def _continuations(completions: Sequence[Any]) -> list[dict[str, Any]]:
 # --- request checks ------------------------------------------------------------------------------------------
 
 
+def _location(loc: Sequence[Any]) -> str:
+    """A field's path in a one-line error; a name that would break the line (a key holding a newline) is quoted."""
+    return ".".join(str(p) if str(p).isprintable() else repr(p) for p in loc) or "body"
+
+
 def _cap(what: str, value: int, low: int, high: int, name: str) -> None:
     if not low <= value <= high:
         raise ApiError(422, f"{what} must be between {low} and {high} (got {value}; cap: {name})")
@@ -199,6 +221,15 @@ def _prompt_ids(backend: Backend, prompt: str | ChatPrompt) -> list[int]:
         return backend.prompt_ids(prompt)
     except (ValueError, KeyError) as exc:
         raise ModescopeError(f"the tokenizer of '{backend.name}' cannot encode the prompt ({exc})") from None
+
+
+def _encodable(backends: Sequence[Backend], prompt: str | ChatPrompt, texts: Sequence[str] = ()) -> None:
+    """Refuse (400) a prompt or text a model's tokenizer cannot encode before a probe meets it half-way, where
+    the tokenizer's own error would end the stream as an internal error."""
+    for backend in backends:
+        _prompt_ids(backend, prompt)
+        for text in texts:
+            _encode_text(backend, text)
 
 
 # --- remedies ------------------------------------------------------------------------------------------------
@@ -295,12 +326,14 @@ def create_app(
     preselect: int = 2,
     limits: Limits | None = None,
     token: str | None = None,
+    allowed_hosts: Sequence[str] = (),
 ) -> FastAPI:
     """The playground app serving `backends` (loaded models, or `LazyModel`s loaded on first use).
 
     The first `preselect` models are chosen in the page when it opens. With `token`, every API request must
     carry it (header `Authorization: Bearer TOKEN` or `X-Modescope-Token`); the page reads it from its
-    own URL (`/?token=TOKEN`).
+    own URL (`/?token=TOKEN`). Requests must name this server in their Host header (localhost, a loopback
+    address, the address they arrived at, or one of `allowed_hosts`; see `security.host_allowed`).
     """
     from modescope.engine.decode import generate
 
@@ -309,11 +342,16 @@ def create_app(
     if not registry.order:
         raise ModescopeError("serve at least one model")
     worker = Worker(limits.queue_size)
+    stopped = False
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        nonlocal worker, stopped
+        if stopped:  # served again after a shutdown (a test client entered twice): the old worker has ended
+            worker = app.state.worker = Worker(limits.queue_size)
         yield
         worker.close()
+        stopped = True
 
     app = FastAPI(
         title="modescope playground",
@@ -323,7 +361,19 @@ def create_app(
     app.state.worker = worker
     app.state.registry = registry
     app.state.limits = limits
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, completed once with the stream payloads, the served models and the caps."""
+        if app.openapi_schema is None:
+            loaded = [registry.loaded[name] for name in registry.order if name in registry.loaded]
+            vocab = max(b.vocab.size for b in loaded) if len(loaded) == len(registry.order) else None
+            app.openapi_schema = openapi_document(FastAPI.openapi(app), registry.order, limits, vocab)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    docs = [app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url]
+    app.add_middleware(Hardening, allowed_hosts=check_allowed_hosts(allowed_hosts), docs_paths=docs)  # outermost
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -343,7 +393,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()]
+        problems = [f"{_location(e['loc'][1:])}: {' '.join(e['msg'].split())}" for e in exc.errors()]
         return JSONResponse({"error": "; ".join(problems) or "malformed request"}, status_code=422)
 
     async def authorized(request: Request) -> None:
@@ -412,7 +462,12 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/api/models", dependencies=guard, summary="Served models, the preselected ones, and the caps")
+    @app.get(
+        "/api/models",
+        dependencies=guard,
+        summary="Served models, the preselected ones, and the caps",
+        **route_docs("models", ModelsOut, errors=[401, 403]),
+    )
     async def models() -> JSONResponse:
         listed = []
         for i, name in enumerate(registry.order):
@@ -430,7 +485,12 @@ def create_app(
         queue = {"pending": worker.pending}
         return _json({"models": listed, "limits": asdict(limits), "queue": queue, "remedies": remedy_options()})
 
-    @app.post("/api/tokenize", dependencies=guard, summary="Tokens of a prompt (with BOS or chat template) or of text")
+    @app.post(
+        "/api/tokenize",
+        dependencies=guard,
+        summary="Tokens of a prompt (with BOS or chat template) or of text",
+        **route_docs("tokenize", TokenizeOut, TOKENIZE_LINKS),
+    )
     async def tokenize(spec: TokenizeIn) -> JSONResponse:
         registry.check([spec.model], limits)
         if (spec.prompt is None) == (spec.text is None):
@@ -449,7 +509,12 @@ def create_app(
 
         return _json(await run(call))
 
-    @app.post("/api/generate", dependencies=guard, summary="n completions per model with per-token records")
+    @app.post(
+        "/api/generate",
+        dependencies=guard,
+        summary="n completions per model with per-token records",
+        **route_docs("generate", GenerateOut, GENERATE_LINKS),
+    )
     async def generate_route(spec: GenerateIn) -> JSONResponse:
         registry.check(spec.models, limits)
         prompt = _prompt(spec.prompt, limits)
@@ -478,7 +543,10 @@ def create_app(
         return _json(await run(call))
 
     @app.post(
-        "/api/regenerate", dependencies=guard, summary="Branch: continue from kept tokens plus edited text, n times"
+        "/api/regenerate",
+        dependencies=guard,
+        summary="Branch: continue from kept tokens plus edited text, n times",
+        **route_docs("regenerate", RegenerateOut, REGENERATE_LINKS),
     )
     async def regenerate(spec: RegenerateIn) -> JSONResponse:
         registry.check([spec.model], limits)
@@ -514,7 +582,12 @@ def create_app(
 
         return _json(await run(call))
 
-    @app.post("/api/next", dependencies=guard, summary="The next-token distribution at a position of a branch")
+    @app.post(
+        "/api/next",
+        dependencies=guard,
+        summary="The next-token distribution at a position of a branch",
+        **route_docs("next", NextOut),
+    )
     async def next_token(spec: NextIn) -> JSONResponse:
         registry.check([spec.model], limits)
         prompt = _prompt(spec.prompt, limits)
@@ -542,6 +615,7 @@ def create_app(
         "/api/distribution",
         dependencies=guard,
         summary="Exact probability of every answer in a set, per model (server-sent events)",
+        **stream_docs("distribution", ModelProgressOut, DistributionOut),
     )
     async def distribution_route(spec: DistributionIn) -> StreamingResponse:
         from modescope.probes import candidates as cands
@@ -564,6 +638,8 @@ def create_app(
 
         def call(emit: Emit) -> dict[str, Any]:
             backends = [registry.get(name) for name in spec.models]
+            # canonical tokenizations encode every answer ("all" spells them from token bytes instead)
+            _encodable(backends, prompt, candidates if spec.tokenizations == "canonical" else ())
             result = distribution(
                 backends,
                 prompt,
@@ -581,6 +657,7 @@ def create_app(
         "/api/multiverse",
         dependencies=guard,
         summary="Block multiverse below the prompt and a branch, with its interactive page (server-sent events)",
+        **stream_docs("multiverse", ExpandedProgressOut, MultiverseOut),
     )
     async def multiverse_route(spec: MultiverseIn) -> StreamingResponse:
         from modescope.probes.multiverse import ExpansionOptions, multiverse
@@ -600,6 +677,7 @@ def create_app(
 
         def call(emit: Emit) -> dict[str, Any]:
             backends = [registry.get(name) for name in spec.models]
+            _encodable(backends, prompt)
             paths = None
             if spec.prefix_paths is not None:
                 paths = [_prefix(b, p, limits) for b, p in zip(backends, spec.prefix_paths, strict=True)]
@@ -629,6 +707,7 @@ def create_app(
         "/api/attractor",
         dependencies=guard,
         summary="Attractor experiment: perturb each model's greedy completion and see it return (server-sent events)",
+        **stream_docs("attractor", ModelProgressOut, AttractorOut),
     )
     async def attractor_route(spec: AttractorIn) -> StreamingResponse:
         from modescope.probes.attractors import AttractorPlan, Edit, run_attractor
@@ -653,6 +732,7 @@ def create_app(
             results = []
             for k, name in enumerate(spec.models):
                 emit({"model": name, "done": k, "total": len(spec.models)})
+                _encodable([registry.get(name)], prompt, [edit.text for edit in spec.edits])
                 result = run_attractor(
                     registry.get(name), prompt, plan, spec.max_tokens, spec.criterion, spec.threshold
                 )

@@ -9,12 +9,17 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from modescope.errors import ModescopeError
+from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
 from modescope.server_options import MaxConcurrency, MaxLogprobs, ServerOptions, Tokenizer
+
+if TYPE_CHECKING:
+    from modescope.models.safety import LoadPolicy
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
@@ -57,6 +62,14 @@ def serve(
     token: Annotated[
         str | None, typer.Option(help="Secret every API request must carry (open the page as /?token=SECRET).")
     ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A host name browsers may use to reach the server (repeat for several; for --host with --token, "
+            "or a proxy). Requests naming another host than these, localhost or the server's address are refused "
+            "(the DNS-rebinding defence; bound to loopback, only localhost and loopback addresses are answered)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto.")] = "auto",
     dtype: Annotated[
         str, typer.Option(help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or float16.")
@@ -64,14 +77,20 @@ def serve(
     tokenizer: Tokenizer = None,
     max_concurrency: MaxConcurrency = None,
     max_logprobs: MaxLogprobs = None,
+    trust_remote_code: TrustRemoteCode = False,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Web playground: two models side by side, token probabilities, branching, multiverse and probes."""
     from rich.console import Console
 
+    from modescope.web.security import check_allowed_hosts
+
     console = Console(highlight=False)
     try:
         check_binding(host, port, token)
-        app, names = _build(model, device, dtype, token, (tokenizer, max_concurrency, max_logprobs))
+        hosts = [*check_allowed_hosts(allow_host or []), *([host] if is_loopback(host) else [])]
+        policy = load_policy(trust_remote_code, allow_pickle)
+        app, names = _build(model, device, dtype, token, (tokenizer, max_concurrency, max_logprobs), hosts, policy)
     except ModescopeError as exc:
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -102,10 +121,13 @@ def _build(
     dtype: str,
     token: str | None,
     server: tuple[list[str] | None, int | None, int | None] = (None, None, None),
+    allowed_hosts: Sequence[str] = (),
+    policy: LoadPolicy | None = None,
 ) -> tuple[Any, list[str]]:
     """The app and the names it serves. Explicit models are loaded now; without --model every installed
     preset is served, the two defaults loaded now and the others on first use. `server` holds the
-    --tokenizer, --max-concurrency and --max-logprobs values, for the NAME@URL models."""
+    --tokenizer, --max-concurrency and --max-logprobs values, for the NAME@URL models; `policy` the
+    --trust-remote-code and --allow-pickle opt-ins, for every model."""
     from modescope.models import DEFAULT_MODELS, PRESETS, load
     from modescope.web.app import LazyModel, create_app, preload
 
@@ -117,8 +139,12 @@ def _build(
     if not model:  # the defaults first, so they are the preselected pair
         names.sort(key=lambda n: (n not in DEFAULT_MODELS, DEFAULT_MODELS.index(n) if n in DEFAULT_MODELS else 0))
     options = ServerOptions.resolve(*server, names)
-    lazy = [LazyModel(n, functools.partial(load, n, device=device, dtype=dtype, **options.for_model(n))) for n in names]
-    app = create_app(lazy, token=token)
+    opt_ins = policy.for_load() if policy is not None else {}
+    lazy = [
+        LazyModel(n, functools.partial(load, n, device=device, dtype=dtype, **options.for_model(n), **opt_ins))
+        for n in names
+    ]
+    app = create_app(lazy, token=token, allowed_hosts=allowed_hosts)
     eager = names if model else names[:2]
     for name in eager:
         print(f"loading {name} ...", flush=True)
