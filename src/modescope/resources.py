@@ -33,11 +33,12 @@ import math
 import os
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from modescope.errors import ModescopeError
+from modescope.models.safety import local_files
 
 FLOAT64 = 8
 DECODE_COPIES = 6  # [rows, vocabulary] float64 copies at a decode step's peak, temperature alone
@@ -240,9 +241,7 @@ def model_shape(name: str, tokenizer: str | None = None) -> ModelShape | None:
 
         return ModelShape(name, len(TOY_TOKENS) + 1)
     found = _local_shape(name)
-    return (
-        ModelShape(name, found.vocab, found.layers, found.kv_heads, found.head_dim, found.parameters) if found else None
-    )
+    return replace(found, name=name) if found else None
 
 
 def _local_shape(name: str) -> ModelShape | None:
@@ -255,9 +254,10 @@ def _local_shape(name: str) -> ModelShape | None:
         return _local_shape(name.split("+", 1)[0])
     if name.lower().endswith(".gguf"):
         return _gguf_shape(name, path)
-    if path.is_dir():
-        return shape_from_folder(name, path)
-    return _hub_shape(name) if name.count("/") == 1 and not path.suffix else None
+    if not (path.is_dir() or (name.count("/") == 1 and not path.suffix)):
+        return None
+    local = local_files(name)  # the folder, or a Hugging Face id's snapshot in the local cache
+    return shape_from_folder(name, local) if local is not None else None
 
 
 def _preset_shape(name: str) -> ModelShape | None:
@@ -280,16 +280,6 @@ def _gguf_shape(name: str, path: Path) -> ModelShape | None:
         return None
     converted = shape_from_folder(name, gguf_cache_dir(path))
     return converted or shape_from_gguf(name, path)
-
-
-def _hub_shape(name: str) -> ModelShape | None:
-    """A Hugging Face id already in the local cache (the loader reads only from there)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    config = try_to_load_from_cache(name, "config.json")
-    return shape_from_folder(name, Path(config).parent) if isinstance(config, str) else None
 
 
 # --- what the machine has ----------------------------------------------------------------------------------

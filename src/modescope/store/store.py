@@ -223,13 +223,7 @@ class Store:
             _insert_pieces(conn, "", "probe_id", probe_id, output)
             conn.execute("INSERT OR REPLACE INTO cache (key, probe_id) VALUES (?, ?)", (cache_key, probe_id))
             if old is not None and old[2] != cache_key:
-                # The replaced probe may have been the cache entry for its old key; another run may still hold
-                # that output, so point the key there rather than forget it.
-                conn.execute(
-                    "INSERT OR IGNORE INTO cache (key, probe_id)"
-                    " SELECT cache_key, max(id) FROM probes WHERE cache_key = ? GROUP BY cache_key",
-                    (old[2],),
-                )
+                _repoint_cache(conn, "", "probe_id", "probes", old[2])
 
     def finished_probes(self, run_id: int) -> list[str]:
         """Names of the probes stored for the run, in stored order."""
@@ -313,13 +307,7 @@ class Store:
             _insert_pieces(conn, "unit_", "unit_id", unit_id, output)
             conn.execute("INSERT OR REPLACE INTO unit_cache (key, unit_id) VALUES (?, ?)", (unit.cache_key, unit_id))
             if old is not None and old[0] != unit.cache_key:
-                # As save_probe does: the replaced unit may have been the cache entry for its old key, which another
-                # unit may still hold; point the key there rather than forget it (and recompute that unit).
-                conn.execute(
-                    "INSERT OR IGNORE INTO unit_cache (key, unit_id)"
-                    " SELECT cache_key, max(id) FROM units WHERE cache_key = ? GROUP BY cache_key",
-                    (old[0],),
-                )
+                _repoint_cache(conn, "unit_", "unit_id", "units", old[0])
 
     def cached_unit(self, cache_key: str) -> ProbeOutput | None:
         """The output stored under this unit key by any run, or None."""
@@ -469,6 +457,17 @@ class Store:
             probe["notes"] = output.notes
             probe["artifacts"] = {n: a.mime for n, a in output.artifacts.items()}
         return {"run": asdict(info), "probes": probes, "metrics": _records(table)}
+
+
+def _repoint_cache(conn: sqlite3.Connection, prefix: str, owner: str, rows: str, key: str) -> None:
+    """A replaced probe (prefix "") or unit (prefix "unit_") may have been the cache entry for its old key,
+    which another run may still hold: point the key at the newest row holding it rather than forget it (and
+    recompute that output)."""
+    conn.execute(
+        f"INSERT OR IGNORE INTO {prefix}cache (key, {owner})"
+        f" SELECT cache_key, max(id) FROM {rows} WHERE cache_key = ? GROUP BY cache_key",
+        (key,),
+    )
 
 
 def _insert_pieces(conn: sqlite3.Connection, prefix: str, owner: str, owner_id: int, output: ProbeOutput) -> None:
