@@ -132,12 +132,14 @@ def why(error: sqlite3.Error, path: Path) -> str:
 
 def _disk_facts(path: Path) -> list[str]:
     """Why a write may fail with a full disk or an I/O error: the free space and the file-size limit."""
+    from modescope.resources import size_text
+
     facts = []
     limit = _file_size_limit()
     if limit is not None:
-        facts.append(f"this process may not write files over {_size(limit)} (ulimit -f)")
+        facts.append(f"this process may not write files over {size_text(limit)} (ulimit -f)")
     with suppress(OSError):
-        facts.append(f"its disk has {_size(shutil.disk_usage(path.parent).free)} free")
+        facts.append(f"its disk has {size_text(shutil.disk_usage(path.parent).free)} free")
     return facts or ["is its disk full or failing?"]
 
 
@@ -148,12 +150,3 @@ def _file_size_limit() -> int | None:
         return None
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     return None if soft == resource.RLIM_INFINITY else soft
-
-
-def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("bytes", "kB", "MB", "GB"):
-        if value < 1000:
-            return f"{count} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
