@@ -55,11 +55,14 @@ lint: setup
 	$(VENV)/bin/mypy src
 
 bench: setup
+	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_dist.py
 	$(PY) benchmarks/bench_sample.py
 	$(PY) benchmarks/bench_attractor.py
 	$(PY) benchmarks/bench_multiverse.py
 	$(PY) benchmarks/bench_remote.py
+	$(PY) benchmarks/bench_precision.py
+	$(PY) benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) out

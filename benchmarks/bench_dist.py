@@ -7,7 +7,11 @@ For each default model, on examples/random-integer.txt with the integers 0..100 
    sequences: one right-padded row per (candidate, leading-whitespace variant), scored in full. The two must
    give the same masses (within 1e-4 relative), or the script exits with status 1;
 3. the engine with every tokenization (the default);
-4. token positions forwarded by the engine, against the minimum its prefix tree needs, and by the baseline.
+4. token positions forwarded by the engine, against the minimum its prefix tree needs, and by the baseline;
+5. the hardware floor of each engine run (benchmarks/floor.py: the run's FLOPs at a float32 matmul peak
+   measured in the same run) and time / floor, with a profile of where the time goes;
+6. the engine's float32 masses against the same engine computing its log-softmax in float64 (at most 1e-4
+   relative, enforced).
 
 Run it with `.venv/bin/python benchmarks/bench_dist.py [--skip-cold] [--json PATH]` (or `make bench`).
 Timings are the best of --repeats runs (the median is reported too); each engine measurement starts with one
@@ -50,6 +54,7 @@ from common import (
     warn_if_busy,
     write_figures,
 )
+from floor import Floor, ModelShape, matmul_peak_gflops, profile_lines, profile_split
 
 if TYPE_CHECKING:
     from modescope.models.base import Backend
@@ -64,6 +69,8 @@ AGREEMENT_LIMIT = 1e-4  # max relative difference between baseline and engine ma
 WARM_LOAD_TARGET_S = 3.0
 SPEEDUP_TARGET = 10.0
 TOKEN_RATIO_TARGET = 1.2
+FLOOR_TARGET = 2.0  # engine time / hardware floor
+FLOAT64_LIMIT = 1e-4  # max relative difference between float32 and float64 log-softmax masses (enforced)
 
 T = TypeVar("T")
 console = Console()
@@ -83,6 +90,10 @@ class EngineRun:
     forward_calls: int
     coverage: float
     masses: list[float]
+    levels: int = 0
+    floor: Floor | None = None
+    float64_rel_diff: float = math.nan  # max over candidates, against a float64 log-softmax
+    profile: list[str] = field(default_factory=list)
 
     @property
     def token_ratio(self) -> float:
@@ -105,6 +116,7 @@ class ModelReport:
     cold_load: Timing | None = None
     warm_load: Timing | None = None
     populated_cache: bool = False  # the normal cache had to be filled before the warm loads
+    peak_gflops: float = math.nan  # float32 matmul peak, best of before and after the engine runs
     canonical: EngineRun | None = None
     all: EngineRun | None = None
     baseline: BaselineRun | None = None
@@ -119,17 +131,21 @@ class ModelReport:
 
     @property
     def agrees(self) -> bool:
-        return self.max_rel_diff <= AGREEMENT_LIMIT  # False for NaN too
+        runs = [r for r in (self.canonical, self.all) if r]
+        precise = all(r.float64_rel_diff <= FLOAT64_LIMIT for r in runs)
+        return self.max_rel_diff <= AGREEMENT_LIMIT and precise  # False for NaN too
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"model": self.model, "populated_cache": self.populated_cache}
+        data["peak_gflops"] = self.peak_gflops
         data["cold_load"] = self.cold_load.to_dict() if self.cold_load else None
         data["warm_load"] = self.warm_load.to_dict() if self.warm_load else None
         for name, run in (("canonical", self.canonical), ("all", self.all)):
             if run:
-                data[name] = {k: v for k, v in asdict(run).items() if k not in ("timing", "masses")} | {
+                data[name] = {k: v for k, v in asdict(run).items() if k not in ("timing", "masses", "floor")} | {
                     "timing": run.timing.to_dict(),
                     "token_ratio": run.token_ratio,
+                    "floor": run.floor.to_dict() if run.floor else None,
                 }
         if self.baseline:
             data["baseline"] = {k: v for k, v in asdict(self.baseline).items() if k not in ("timing", "masses")} | {
@@ -180,7 +196,7 @@ def engine_run(
     first_s, result = timed(run)
     runs = [timed(run)[0] for _ in range(repeats)]
     stats = result.results[0].stats
-    return EngineRun(
+    engine = EngineRun(
         mode=mode,
         timing=Timing(runs, first_s),
         nodes=stats.nodes,
@@ -190,7 +206,33 @@ def engine_run(
         forward_calls=stats.forward_calls,
         coverage=result.results[0].coverage,
         masses=[o.mass for o in result.results[0].outcomes],
+        levels=stats.levels,
     )
+    engine.profile = profile_lines(*profile_split(run))
+    engine.float64_rel_diff = max(relative_differences(float64_masses(backend, run), engine.masses))
+    return engine
+
+
+def float64_masses(backend: Backend, run: Callable[[], Any]) -> list[float]:
+    """The masses the engine gives with its log-softmax in float64 (the reference its float32 is checked by)."""
+    import torch
+
+    from modescope.models.hf import HFBackend
+
+    assert isinstance(backend, HFBackend)
+    saved, backend.logprob_dtype = backend.logprob_dtype, torch.float64
+    try:
+        return [o.mass for o in run().results[0].outcomes]
+    finally:
+        backend.logprob_dtype = saved
+
+
+def engine_floor(backend: HFBackend, run: EngineRun, peak_gflops: float) -> Floor:
+    """The run's FLOPs (every forwarded position; logits at every tree node and the prompt's last position;
+    attention over at most prompt + deepest level positions) at the measured peak."""
+    shape = ModelShape.of(backend)
+    flops = shape.flops(run.tokens_forwarded, run.nodes + 1, run.prompt_tokens + run.levels)
+    return Floor(flops, peak_gflops, run.timing.best_s)
 
 
 def baseline_masses(
@@ -276,7 +318,9 @@ def bench_model(
     report.extra["vocab_size"] = backend.vocab.size
     report.extra["prompt_tokens"] = len(backend.prompt_ids(prompt))
 
-    with task(progress, f"{name}: engine, canonical tokenizations", args.repeats + 1) as advance:
+    with task(progress, f"{name}: float32 matmul peak", None):
+        peak_before = matmul_peak_gflops()
+    with task(progress, f"{name}: engine, canonical tokenizations", args.repeats + 3) as advance:
         report.canonical = engine_run(backend, prompt, candidates, "canonical", args.repeats, advance)
     batches = math.ceil(len(candidates) * len(WHITESPACE_VARIANTS) / args.batch_size)
     with task(progress, f"{name}: baseline, padded full sequences", batches * args.repeats) as advance:
@@ -284,8 +328,12 @@ def bench_model(
     differences = relative_differences(report.canonical.masses, report.baseline.masses)
     worst = max(range(len(differences)), key=lambda k: differences[k])
     report.max_rel_diff, report.worst_candidate = differences[worst], candidates[worst]
-    with task(progress, f"{name}: engine, all tokenizations", args.repeats + 1) as advance:
+    with task(progress, f"{name}: engine, all tokenizations", args.repeats + 3) as advance:
         report.all = engine_run(backend, prompt, candidates, "all", args.repeats, advance)
+    with task(progress, f"{name}: float32 matmul peak", None):
+        report.peak_gflops = max(peak_before, matmul_peak_gflops())
+    report.canonical.floor = engine_floor(backend, report.canonical, report.peak_gflops)
+    report.all.floor = engine_floor(backend, report.all, report.peak_gflops)
     del backend
     gc.collect()
     return report
@@ -319,7 +367,16 @@ def model_table(report: ModelReport) -> Table:
     table.add_row("speed-up baseline/canonical", f"{report.speedup:.1f}x", against(met, f">= {SPEEDUP_TARGET:g}x"))
     table.add_row("engine, all tokenizations", detail(every.timing), "")
     diff = f"{report.max_rel_diff:.1e} (at {report.worst_candidate!r})"
-    table.add_row("mass max relative diff", diff, against(report.agrees, f"<= {AGREEMENT_LIMIT:g}"))
+    met = report.max_rel_diff <= AGREEMENT_LIMIT
+    table.add_row("mass max relative diff", diff, against(met, f"<= {AGREEMENT_LIMIT:g}"))
+    table.add_section()
+    table.add_row("float32 matmul peak", f"{report.peak_gflops:.0f} GFLOPS", "")
+    for run in (canonical, every):
+        assert run.floor
+        value = f"{run.floor.floor_s:.2f} s ({run.floor.flops / 1e9:.0f} GFLOP); time / floor {run.floor.ratio:.1f}x"
+        table.add_row(f"floor, {run.mode}", value, against(run.floor.ratio <= FLOOR_TARGET, f"<= {FLOOR_TARGET:g}x"))
+        met = run.float64_rel_diff <= FLOAT64_LIMIT
+        table.add_row(f"vs float64, {run.mode}", f"{run.float64_rel_diff:.1e}", against(met, f"<= {FLOAT64_LIMIT:g}"))
     table.add_section()
     for run in (canonical, every):
         value = f"{run.tokens_forwarded} / {run.minimum_tokens} = {run.token_ratio:.2f}x"
@@ -329,6 +386,10 @@ def model_table(report: ModelReport) -> Table:
     table.add_row(f"tokens baseline ({baseline.rows} rows)", f"{baseline.tokens_padded} = {ratio:.1f}x min", "")
     table.add_row("tree nodes canonical / all", f"{canonical.nodes} / {every.nodes}", "")
     table.add_row("coverage canonical / all", f"{canonical.coverage:.4f} / {every.coverage:.4f}", "")
+    for run in (canonical, every):
+        table.add_section()
+        for k, line in enumerate(run.profile):
+            table.add_row(f"profile, {run.mode}" if k == 0 else "", line, "")
     return table
 
 
@@ -349,6 +410,8 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
             "baseline": best(r.baseline.timing),
             "speed-up": f"{r.speedup:.1f}x",
             "engine all": best(r.all.timing),
+            "time / floor canonical": f"{r.canonical.floor.ratio:.1f}x" if r.canonical.floor else "",
+            "time / floor all": f"{r.all.floor.ratio:.1f}x" if r.all.floor else "",
             "tokens canonical": f"{r.canonical.tokens_forwarded} ({r.canonical.token_ratio:.2f}x min)",
             "tokens all": f"{r.all.tokens_forwarded} ({r.all.token_ratio:.2f}x min)",
             "tokens baseline": f"{r.baseline.tokens_padded}",
@@ -360,7 +423,7 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = benchmark_parser(__doc__, repeats=3)
-    parser.add_argument("--skip-cold", action="store_true", help="skip cold loads (each converts a GGUF: 20-60 s)")
+    parser.add_argument("--skip-cold", action="store_true", help="skip cold loads (each converts a GGUF: 5-20 s)")
     parser.add_argument("--batch-size", type=int, default=32, help="rows per forward pass of the baseline")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     args = parse_options(parser, argv)
@@ -399,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
             "speedup": SPEEDUP_TARGET,
             "token_ratio": TOKEN_RATIO_TARGET,
             "max_rel_diff": AGREEMENT_LIMIT,
+            "time_over_floor": FLOOR_TARGET,
+            "float64_max_rel_diff": FLOAT64_LIMIT,
         },
         "environment": env,
         "models": [r.to_dict() for r in reports],
@@ -407,11 +472,14 @@ def main(argv: list[str] | None = None) -> int:
     write_figures(args.json, figures, console)
     if failed:
         console.print(
-            f"[red]FAIL[/]: baseline and engine masses differ by more than {AGREEMENT_LIMIT:g} relative for "
-            + ", ".join(failed)
+            f"[red]FAIL[/]: baseline and engine masses differ by more than {AGREEMENT_LIMIT:g} relative, or float32 "
+            f"and float64 engine masses by more than {FLOAT64_LIMIT:g}, for " + ", ".join(failed)
         )
         return 1
-    console.print(f"[green]OK[/]: baseline and engine masses agree within {AGREEMENT_LIMIT:g} relative")
+    console.print(
+        f"[green]OK[/]: baseline and engine masses agree within {AGREEMENT_LIMIT:g} relative, float32 and float64 "
+        f"engine masses within {FLOAT64_LIMIT:g}"
+    )
     return 0
 
 

@@ -11,8 +11,11 @@ entropy of the raw next-token distribution and the 10 most likely alternatives, 
    temperature=1.0, top_k=0, top_p=1.0, output_scores=True, output_logits=True, return_dict_in_generate=True)`
    after `torch.manual_seed(0)`, then the same records (the same `TokenRecord` objects) built from what it
    returns, vectorized one step at a time: raw log-probabilities from `output_logits` (the raw model
-   distribution), the sampled-from log-probability from `output_scores` (the processed scores), both in float64
-   as modescope computes them; token texts are decoded once per distinct id.
+   distribution), the sampled-from log-probability from `output_scores` (the processed scores), both in float32
+   (normalizer summed in float64) as modescope computes them; token texts are decoded once per distinct id.
+
+It also reports the hardware floor of modescope's run (benchmarks/floor.py: its FLOPs at a float32 matmul peak
+measured in the same run) and a profile of where its time goes.
 
 Equal work on both sides: EOS must not end a row early, or the side that stops sooner generates fewer tokens.
 Both sides run with EOS turned off rather than masked, so both sample from the very same raw distribution
@@ -44,6 +47,7 @@ from __future__ import annotations
 import argparse
 import copy
 import cProfile
+import functools
 import gc
 import io
 import math
@@ -75,6 +79,7 @@ from common import (
     warn_if_busy,
     write_figures,
 )
+from floor import Floor, ModelShape, matmul_peak_gflops, profile_lines, profile_split
 
 if TYPE_CHECKING:
     from modescope.engine.decode import Continuation
@@ -89,7 +94,7 @@ TOP_K_ALTERNATIVES = 10
 SEED = 0
 RSS_INTERVAL_S = 0.005
 AGREEMENT_LIMIT = 1e-3  # max absolute difference, nats or bits, in the checks (enforced)
-SPEEDUP_TARGET = 1.0  # baseline time / modescope time, per generated token
+SPEEDUP_TARGET = 2.0  # baseline time / modescope time, per generated token
 
 T = TypeVar("T")
 console = Console()
@@ -154,6 +159,7 @@ class ModelReport:
     modescope: SideRun
     baseline: SideRun
     rescore_diff: dict[str, float] = field(default_factory=dict)  # side -> max |recorded - rescored| raw logprob
+    floor: Floor | None = None  # modescope's run against the hardware floor
     first_position_diff: float = math.nan  # max |difference| of entropy and top-10 logprobs at position 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -175,6 +181,7 @@ class ModelReport:
         data |= {"modescope": self.modescope.to_dict(), "baseline": self.baseline.to_dict()}
         data |= {"speedup_per_token": self.speedup, "rescore_max_abs_diff": self.rescore_diff}
         data |= {"first_position_max_abs_diff": self.first_position_diff, "agrees": self.agrees}
+        data |= {"floor": self.floor.to_dict() if self.floor else None}
         return data | self.extra
 
 
@@ -249,6 +256,7 @@ def run_baseline(backend: HFBackend, prompt_ids: list[int]) -> tuple[list[Contin
     import torch
 
     from modescope.engine.decode import LOG2, Alternative, Continuation, TokenRecord
+    from modescope.models.hf import log_softmax_f32
 
     model, tokenizer = backend.model, backend.tokenizer
     start = time.perf_counter()
@@ -281,9 +289,9 @@ def run_baseline(backend: HFBackend, prompt_ids: list[int]) -> tuple[list[Contin
     top_logprobs = torch.empty(N, steps, TOP_K_ALTERNATIVES, dtype=torch.float64)
     for step, (logits, scores) in enumerate(zip(out.logits, out.scores, strict=True)):
         index = chosen[:, step : step + 1]
-        logprobs = torch.log_softmax(logits.double(), dim=-1)  # raw model distribution
+        logprobs = log_softmax_f32(logits.float())  # raw model distribution, as precise as modescope's
         raw[:, step] = logprobs.gather(1, index).squeeze(1)
-        processed = scores.double()  # the distribution actually sampled from
+        processed = scores.float()  # the distribution actually sampled from
         sampled[:, step] = processed.gather(1, index).squeeze(1) - torch.logsumexp(processed, dim=-1)
         entropy[:, step] = -(logprobs.exp() * logprobs.nan_to_num(neginf=0.0)).sum(-1) / LOG2
         top = logprobs.topk(TOP_K_ALTERNATIVES, dim=-1)
@@ -371,6 +379,15 @@ def profile_modescope(backend: HFBackend, prompt_ids: list[int], lines: int) -> 
     return text.getvalue()
 
 
+def modescope_floor(backend: HFBackend, report: ModelReport, peak_gflops: float) -> Floor:
+    """The FLOPs of modescope's run at the peak: the prompt once, then one position per row and step after the
+    first (the last token chosen is never forwarded), logits at each of those and at the prompt's end."""
+    positions = N * (MAX_TOKENS - 1)
+    context = report.prompt_tokens + MAX_TOKENS / 2
+    flops = ModelShape.of(backend).flops(report.prompt_tokens + positions, positions + 1, context)
+    return Floor(flops, peak_gflops, report.modescope.timing.best_s)
+
+
 def bench_model(name: str, args: argparse.Namespace, progress: Progress) -> ModelReport:
     import modescope
     from modescope.models.hf import HFBackend
@@ -399,6 +416,13 @@ def bench_model(name: str, args: argparse.Namespace, progress: Progress) -> Mode
             report.rescore_diff[side.name] = rescore_diff(backend, prompt_ids, side.outcome.first)
         assert report.modescope.outcome and report.baseline.outcome
         report.first_position_diff = first_position_diff(report.modescope.outcome.first, report.baseline.outcome.first)
+    with task(progress, f"{name}: float32 matmul peak, profile", None):
+        peak = matmul_peak_gflops()
+        report.extra["profile_split"] = profile_lines(
+            *profile_split(functools.partial(run_modescope, backend, prompt_ids))
+        )
+        peak = max(peak, matmul_peak_gflops())
+        report.floor = modescope_floor(backend, report, peak)
     if args.profile:
         with task(progress, f"{name}: profiling one modescope run", None):
             report.extra["profile"] = profile_modescope(backend, prompt_ids, args.profile)
@@ -450,6 +474,13 @@ def model_table(report: ModelReport) -> Table:
     met = report.first_position_diff <= AGREEMENT_LIMIT
     diff = f"{report.first_position_diff:.1e}"
     table.add_row("position 1 entropy/top-10, max |diff|", diff, "", against(met, f"<= {AGREEMENT_LIMIT:g}"))
+    if report.floor:
+        table.add_section()
+        floor = report.floor
+        value = f"{floor.floor_s:.2f} s at {floor.peak_gflops:.0f} GFLOPS; time / floor {floor.ratio:.1f}x"
+        table.add_row("hardware floor", value, "", "")
+    for k, line in enumerate(report.extra.get("profile_split", [])):
+        table.add_row("profile" if k == 0 else "", line, "", "")
     return table
 
 
@@ -467,6 +498,7 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
             "modescope": f"{ours.timing.best_s:.2f} s ({ours.tokens_per_s:.0f} tok/s)",
             "baseline": f"{base.timing.best_s:.2f} s ({base.tokens_per_s:.0f} tok/s)",
             "speed-up per token": f"[{colour}]{r.speedup:.2f}x[/]",
+            "modescope time / floor": f"{r.floor.ratio:.1f}x" if r.floor else "",
             "peak RSS increase modescope": gib(max(ours.rss_increase)),
             "peak RSS increase baseline": gib(max(base.rss_increase)),
             "checks max |diff|": f"[{'green' if r.agrees else 'red'}]{r.worst_diff:.1e}[/]",

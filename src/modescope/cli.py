@@ -199,6 +199,8 @@ def _load_models(
     (with the names) before any model loads. `policy` holds --trust-remote-code and --allow-pickle."""
     from modescope.models import PRESETS, load, preset_cached
     from modescope.models.remote import is_remote
+    from modescope.precision import is_reduced
+    from modescope.precision import label as precision_label
 
     if len(set(names)) != len(names):
         raise ModescopeError(f"a model is listed twice ({', '.join(names)}); name each model once")
@@ -206,11 +208,15 @@ def _load_models(
     backends = []
     for name in names:
         first_time = name in PRESETS and PRESETS[name].installed() and not preset_cached(PRESETS[name])
-        note = " (first use: converting the GGUF once, about a minute)" if first_time else ""
+        note = " (first use: converting the GGUF once, 5-20 s)" if first_time else ""
         doing = "connecting to" if is_remote(name) else "loading"
         with console.status(f"{doing} {name}{note}"):
             opt_ins = policy.for_load() if policy is not None else {}
             backends.append(load(name, device=device, dtype=dtype, **server.for_model(name), **opt_ins))
+        if is_reduced(backends[-1].capabilities.precision):  # results say so too (metadata, pages, reports)
+            console.print(
+                f"{name}: {precision_label(str(backends[-1].capabilities.precision))}", style="yellow", markup=False
+            )
     return backends
 
 

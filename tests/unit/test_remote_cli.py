@@ -78,6 +78,7 @@ def test_server_options_reach_load_for_server_models_only_and_the_tier_is_in_sam
         "chat_only": False,
         "chat_template": "local",
         "server": SERVER,
+        "precision": None,  # a server does not say what its weights are
     }
     assert data["capabilities"]["local"] == Capabilities().metadata()
     assert "sk-secret" not in out.read_text()

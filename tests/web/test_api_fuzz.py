@@ -215,7 +215,7 @@ def test_the_document_states_errors_streams_links_and_this_apps_bounds() -> None
             answers = operation["responses"]
             assert answers["401"]["content"]["application/json"]["schema"] == error, path
             assert path == "/api/models" or answers["422"]["content"]["application/json"]["schema"] == error, path
-    for name in ("distribution", "multiverse", "attractor"):
+    for name in ("distribution", "multiverse", "attractor", "generate/stream", "regenerate/stream"):
         stream = document["paths"][f"/api/{name}"]["post"]["responses"]["200"]["content"]
         assert list(stream) == ["text/event-stream"]
         events = [e["properties"]["event"]["const"] for e in stream["text/event-stream"]["itemSchema"]["oneOf"]]
@@ -249,7 +249,7 @@ def test_the_fuzzing_reached_every_operation_and_the_models() -> None:
     if not TALLY["requests"]:
         pytest.skip("counts what the fuzz test of every operation did; run it in the same session")
     operations = [result.ok().label for result in schema.get_all_operations()]
-    assert len(operations) == 8
+    assert len(operations) == 10
     for label in operations:
         assert TALLY[f"requests {label}"] >= 10, (label, TALLY[f"requests {label}"])
         assert TALLY[f"status 2xx {label}"] >= 1, f"no generated request for {label} reached the models"

@@ -241,7 +241,8 @@ def test_distribution_and_attractor_panels(web_page: Page, page_log: PageLog) ->
 def test_a_full_queue_shows_its_error(web_page: Page, page_log: PageLog, server: LiveServer) -> None:
     page = web_page
     page.route(
-        server.url + "/api/generate", lambda r: r.fulfill(status=503, json={"error": "the model worker is busy"})
+        server.url + "/api/generate/stream",
+        lambda r: r.fulfill(status=503, json={"error": "the model worker is busy"}),
     )
     page.fill("#prompt", PROMPT)
     page.click("#generate")

@@ -56,9 +56,12 @@ class Continuation:
         return math.fsum(t.raw_logprob for t in self.tokens)
 
 
-def entropy_bits(logprobs: torch.Tensor) -> torch.Tensor:
-    """Entropy of each row of log-probabilities, in bits (0 log 0 = 0)."""
-    return -(logprobs.exp() * logprobs.nan_to_num(neginf=0.0)).sum(-1) / LOG2
+def entropy_bits(logprobs: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy of each row of log-probabilities, in bits (0 log 0 = 0); `probs`, their exp, when at hand.
+
+    -p log p is taken from the probabilities alone (`torch.special.entr`): one pass, no -inf to mask."""
+    probs = logprobs.exp() if probs is None else probs
+    return torch.special.entr(probs).sum(-1) / LOG2
 
 
 def protected_tokens(backend: Backend) -> frozenset[int]:
@@ -137,7 +140,7 @@ def generate_groups(
         # one prompt goes unpadded, exactly as `generate` always did
         rows, logprobs = backend.start(chunk[0]) if len(chunk) == 1 else backend.start_many(chunk)
         starts = [row for row in range(len(chunk)) for _ in range(n)]
-        flat = _decode(backend, rows, logprobs, starts, [n] * len(chunk), *options)
+        flat = _decode(backend, rows, logprobs, starts, [_Block(n, *options)] * len(chunk))
         groups.extend(flat[k : k + n] for k in range(0, len(flat), n))
         if progress:
             progress(len(groups))
@@ -164,7 +167,254 @@ def generate_many(
     if backend.samples_on_server:
         return [c for group in _on_server(backend, prompts, 1, *options) for c in group]
     rows, logprobs = backend.start_many(prompts)
-    return _decode(backend, rows, logprobs, list(range(len(prompts))), [len(prompts)], *options)
+    return _decode(backend, rows, logprobs, list(range(len(prompts))), [_Block(len(prompts), *options)])
+
+
+# --- batched requests: several prompts, each with its own options, in one decode --------------------------
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One request of a batched decode (`decode_requests`): n continuations of `prompt` with options of its own
+    (those of `generate`). Its result equals `generate(backend, prompt, n, ...)` run alone with its seed."""
+
+    prompt: Sequence[int]
+    n: int = 1
+    max_tokens: int = 32
+    temperature: float = 0.0
+    sampler: SamplerSettings | None = None
+    top_k_alternatives: int = 10
+    seed: int | None = None
+    stop: Sequence[str] = ()
+
+    def settings(self) -> SamplerSettings:
+        """The sampler chain, once the options are checked (ModescopeError names the one to change), so that a
+        caller can refuse one request before it joins a batch, where its error would fail the others too."""
+        if self.n < 1:
+            raise ModescopeError(f"n must be at least 1 (got {self.n})")
+        return _settings(self.max_tokens, self.stop, self.sampler, self.temperature)
+
+
+@dataclass(frozen=True)
+class StepToken:
+    """A token that one continuation of a request took at one step of a batched decode (see `OnStep`)."""
+
+    continuation: int  # its index among the request's n continuations
+    record: TokenRecord
+    finish_reason: str | None  # how the continuation ended at this token ("eos", "stop", "length"); None: it goes on
+
+
+# Called after every step with a request's index and the tokens its live continuations just took; answering
+# False cancels the request: its rows leave the batch at once and its unfinished continuations end "cancelled".
+OnStep = Callable[[int, Sequence[StepToken]], bool]
+
+
+@dataclass(frozen=True)
+class _Block:
+    """The options of a block of consecutive continuations of one decode: a request, or a prompt's group."""
+
+    size: int
+    max_tokens: int
+    settings: SamplerSettings
+    top_k_alternatives: int
+    seed: int | None
+    stop: Sequence[str]
+
+
+def decode_requests(
+    backend: Backend, requests: Sequence[DecodeRequest], on_step: OnStep | None = None, max_rows: int = 256
+) -> list[list[Continuation]]:
+    """The continuations of each request (prompts of any lengths, each with its own n, seed, sampler, max tokens,
+    stop strings and alternatives), the requests decoded together: one forward pass per step serves them all.
+    Request k's group equals `generate(backend, requests[k].prompt, ...)` run alone with its options, because
+    each request draws from its own generator on its own rows (exactly on a backend whose distributions do not
+    depend on the batch; on a transformers model the batch's shape and left padding move the rounding of the
+    matmuls: ~1e-5 in log-probability in float32, ~1e-12 in float64).
+
+    `on_step` sees each request's new tokens after every step, and may cancel a request. At most `max_rows`
+    rows are decoded at once (each holds a float64 [vocab] distribution): the requests go in consecutive
+    chunks, a request larger than the cap alone. A backend that samples on its server answers each request
+    there (no steps to report)."""
+    if max_rows < 1:
+        raise ModescopeError(f"max rows must be at least 1 (got {max_rows})")
+    if backend.samples_on_server:
+        return [_on_server_request(backend, request) for request in requests]
+    groups: list[list[Continuation]] = []
+    for first, end in _row_chunks([r.n for r in requests], max_rows):
+
+        def shifted(request: int, tokens: Sequence[StepToken], first: int = first) -> bool:
+            return on_step is None or on_step(first + request, tokens)
+
+        decoding = start_decode(backend, requests[first:end], shifted if on_step is not None else None)
+        while decoding.step():
+            pass
+        groups.extend(decoding.groups())
+    return groups
+
+
+def start_decode(backend: Backend, requests: Sequence[DecodeRequest], on_step: OnStep | None = None) -> BatchDecode:
+    """The batched decode of these requests, their prompts encoded (each distinct prompt once, so n requests of
+    one prompt fan out of one row, unpadded as `generate` encodes it), ready to `step`. An in-process backend
+    only (not one that samples on its server)."""
+    if not requests:
+        raise ModescopeError("give at least one request to decode")
+    blocks = [_Block(r.n, r.max_tokens, r.settings(), r.top_k_alternatives, r.seed, r.stop) for r in requests]
+    index: dict[tuple[int, ...], int] = {}
+    for request in requests:
+        index.setdefault(tuple(request.prompt), len(index))
+    prompts = list(index)
+    # the rows of a block start from its prompt's row; blocks go in the order of their prompts, so that the
+    # starting rows never decrease, and `groups` puts them back in the order of the requests
+    order = sorted(range(len(requests)), key=lambda k: index[tuple(requests[k].prompt)])
+    starts = [index[tuple(requests[k].prompt)] for k in order for _ in range(requests[k].n)]
+    rows, logprobs = backend.start(prompts[0]) if len(prompts) == 1 else backend.start_many(prompts)
+
+    def reordered(block: int, tokens: Sequence[StepToken]) -> bool:
+        return on_step is None or on_step(order[block], tokens)
+
+    decoding = BatchDecode(backend, rows, logprobs, starts, [blocks[k] for k in order], reordered if on_step else None)
+    decoding.order = order
+    return decoding
+
+
+class BatchDecode:
+    """A batched decode advanced one step at a time, so that its caller can stream the tokens as they come,
+    cancel a block between steps, or take turns with decodes of other models.
+
+    Continuation c starts from row `starts[c]` of `rows` (nondecreasing). The continuations fall in consecutive
+    blocks (`blocks`: each its size and options); each block samples from its own generator seeded with its
+    seed, on its own live rows only, so its draws are those of a decode of that block alone. A row leaves the
+    batch when its continuation ends (EOS, a stop string, its block's max tokens, a cancel), so ended rows cost
+    nothing."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        rows: Rows,
+        logprobs: torch.Tensor,
+        starts: Sequence[int],
+        blocks: Sequence[_Block],
+        on_step: OnStep | None = None,
+    ) -> None:
+        self.backend, self.rows, self.logprobs, self.blocks, self.on_step = backend, rows, logprobs, blocks, on_step
+        self.order = list(range(len(blocks)))  # the request of each block (`start_decode` sorts them by prompt)
+        self.generators = [torch.Generator().manual_seed(b.seed) if b.seed is not None else None for b in blocks]
+        self.block_of = [k for k, block in enumerate(blocks) for _ in range(block.size)]
+        self.first = [0] * len(blocks)  # the first continuation of each block
+        for k in range(1, len(blocks)):
+            self.first[k] = self.first[k - 1] + blocks[k - 1].size
+        assert len(starts) == len(self.block_of), "one starting row per continuation"
+        self.protected = protected_tokens(backend)
+        self.text_of = _TokenTexts(backend)
+        self.records: list[list[TokenRecord]] = [[] for _ in starts]
+        self.texts = [""] * len(starts)
+        self.finish = ["length"] * len(starts)
+        self.active = list(range(len(starts)))  # the continuation of each live row, ascending
+        self.parents = list(starts)  # the row of `logprobs` (and `rows`) each live continuation continues
+        self.cancelled: set[int] = set()
+
+    @property
+    def live_rows(self) -> int:
+        """Rows still decoding."""
+        return len(self.active)
+
+    def cancel(self, request: int) -> None:
+        """Stop a request (a block; its index among the requests given to `start_decode`): its rows leave the
+        batch before the next step, its unfinished continuations end "cancelled"."""
+        self.cancelled.add(self.order.index(request))
+
+    def step(self) -> bool:
+        """Choose the next token of every live row, record it, report it, and forward the rows that go on;
+        False once no row is left (then nothing was forwarded)."""
+        self._drop_cancelled()
+        if not self.active:
+            return False
+        chosen: list[TokenRecord] = []
+        for block, first, end in _runs([self.block_of[c] for c in self.active]):
+            part = _take(self.logprobs, self.parents[first:end])
+            settings, alternatives = self.blocks[block].settings, self.blocks[block].top_k_alternatives
+            chosen += _choose(part, settings, self.generators[block], self.protected, alternatives, self.text_of)
+        keep = [p for p, record in enumerate(chosen) if self._goes_on(self.active[p], record)]
+        if self.on_step is not None:
+            keep = self._report(chosen, keep)
+        if keep:
+            tokens = [chosen[p].id for p in keep]
+            self.rows, self.logprobs = self.backend.advance(self.rows, [self.parents[p] for p in keep], tokens)
+        self.active = [self.active[p] for p in keep]
+        self.parents = list(range(len(keep)))
+        return bool(self.active)
+
+    def _goes_on(self, index: int, record: TokenRecord) -> bool:
+        """Record continuation `index`'s new token; whether it goes on (else its finish reason is set)."""
+        self.records[index].append(record)
+        self.texts[index] += "" if record.special else record.text
+        options = self.blocks[self.block_of[index]]
+        if record.id in self.backend.vocab.eos_ids:
+            self.finish[index] = "eos"
+        elif any(s in self.texts[index] for s in options.stop):
+            self.finish[index] = "stop"
+        elif len(self.records[index]) >= options.max_tokens:
+            self.finish[index] = "length"
+        else:
+            return True
+        return False
+
+    def _report(self, chosen: Sequence[TokenRecord], keep: Sequence[int]) -> list[int]:
+        """Show each block its new tokens; the rows of `keep` that go on, less those of blocks cancelled now."""
+        assert self.on_step is not None
+        going = set(keep)
+        for block, first, end in _runs([self.block_of[c] for c in self.active]):
+            ended = [None if p in going else self.finish[self.active[p]] for p in range(first, end)]
+            indices = [self.active[p] - self.first[block] for p in range(first, end)]
+            tokens = [StepToken(*new) for new in zip(indices, chosen[first:end], ended, strict=True)]
+            if not self.on_step(block, tokens):
+                self.cancelled.add(block)
+        if not self.cancelled:
+            return list(keep)
+        for p in keep:
+            if self.block_of[self.active[p]] in self.cancelled:
+                self.finish[self.active[p]] = "cancelled"
+        return [p for p in keep if self.block_of[self.active[p]] not in self.cancelled]
+
+    def _drop_cancelled(self) -> None:
+        live = [p for p, c in enumerate(self.active) if self.block_of[c] not in self.cancelled]
+        if len(live) == len(self.active):
+            return
+        for c in self.active:
+            if self.block_of[c] in self.cancelled:
+                self.finish[c] = "cancelled"
+        self.active = [self.active[p] for p in live]
+        self.parents = [self.parents[p] for p in live]
+
+    def continuations(self) -> list[Continuation]:
+        """Every continuation so far, in order (final once `step` answered False)."""
+        return [Continuation(tokens, reason) for tokens, reason in zip(self.records, self.finish, strict=True)]
+
+    def groups(self) -> list[list[Continuation]]:
+        """The continuations of each request, in the order of the requests given to `start_decode`."""
+        flat = self.continuations()
+        by_block = [flat[self.first[k] : self.first[k] + block.size] for k, block in enumerate(self.blocks)]
+        groups: list[list[Continuation]] = [[] for _ in self.blocks]
+        for block, request in enumerate(self.order):
+            groups[request] = by_block[block]
+        return groups
+
+
+def _row_chunks(sizes: Sequence[int], max_rows: int) -> Iterator[tuple[int, int]]:
+    """(first, end) of consecutive runs of `sizes` holding at most `max_rows` in all (a larger one alone)."""
+    first, rows = 0, 0
+    for k, size in enumerate(sizes):
+        if k > first and rows + size > max_rows:
+            yield first, k
+            first, rows = k, 0
+        rows += size
+    if first < len(sizes):
+        yield first, len(sizes)
+
+
+def _on_server_request(backend: Backend, request: DecodeRequest) -> list[Continuation]:
+    options = (request.max_tokens, request.settings(), request.top_k_alternatives, request.seed, request.stop)
+    return _on_server(backend, [request.prompt], request.n, *options)[0]
 
 
 def _decode(
@@ -172,47 +422,14 @@ def _decode(
     rows: Rows,
     logprobs: torch.Tensor,
     starts: Sequence[int],
-    blocks: Sequence[int],
-    max_tokens: int,
-    settings: SamplerSettings,
-    top_k_alternatives: int,
-    seed: int | None,
-    stop: Sequence[str],
+    blocks: Sequence[_Block],
+    on_step: OnStep | None = None,
 ) -> list[Continuation]:
-    """The decoding loop. Continuation c starts from row `starts[c]` of `rows` (nondecreasing). The
-    continuations fall in consecutive blocks of the sizes `blocks`; each block samples from its own generator
-    seeded with `seed`, on its own live rows only, so its draws are those of a decode of that block alone."""
-    generators = [torch.Generator().manual_seed(seed) if seed is not None else None for _ in blocks]
-    block_of = [b for b, size in enumerate(blocks) for _ in range(size)]
-    protected = protected_tokens(backend)
-    text_of = _TokenTexts(backend)
-    count = len(starts)
-    records: list[list[TokenRecord]] = [[] for _ in range(count)]
-    texts = [""] * count
-    finish = ["length"] * count
-    active = list(range(count))  # the continuation of each live row, ascending
-    parents = list(starts)  # the row of `logprobs` (and `rows`) each live continuation continues
-    for step in range(max_tokens):
-        chosen: list[TokenRecord] = []
-        for block, first, end in _runs([block_of[c] for c in active]):
-            part = _take(logprobs, parents[first:end])
-            chosen += _choose(part, settings, generators[block], protected, top_k_alternatives, text_of)
-        keep: list[int] = []
-        for position, (index, record) in enumerate(zip(active, chosen, strict=True)):
-            records[index].append(record)
-            texts[index] += "" if record.special else record.text
-            if record.id in backend.vocab.eos_ids:
-                finish[index] = "eos"
-            elif any(s in texts[index] for s in stop):
-                finish[index] = "stop"
-            else:
-                keep.append(position)
-        if not keep or step == max_tokens - 1:
-            break
-        rows, logprobs = backend.advance(rows, [parents[p] for p in keep], [chosen[p].id for p in keep])
-        active = [active[p] for p in keep]
-        parents = list(range(len(keep)))
-    return [Continuation(tokens, reason) for tokens, reason in zip(records, finish, strict=True)]
+    """The decoding loop: `BatchDecode` stepped until every continuation ended; its continuations in order."""
+    decoding = BatchDecode(backend, rows, logprobs, starts, blocks, on_step)
+    while decoding.step():
+        pass
+    return decoding.continuations()
 
 
 def _runs(labels: Sequence[int]) -> Iterator[tuple[int, int, int]]:
@@ -255,12 +472,16 @@ def _choose(
     top_k_alternatives: int,
     text_of: _TokenTexts,
 ) -> list[TokenRecord]:
-    """The next token of each row of `logprobs` [rows, vocab] (raw model log-probabilities), and its record."""
-    chosen, sampled = sample(settings, logprobs, generator, protected)
+    """The next token of each row of `logprobs` [rows, vocab] (raw model log-probabilities), and its record.
+
+    Every pass over the vocabulary counts on a 262k vocabulary: the raw probabilities are computed once and
+    serve the entropy and, when no sampler changes the distribution, the draw itself."""
+    probs = logprobs.exp()
+    chosen, sampled = sample(settings, logprobs, generator, protected, raw_probs=probs)
     index = chosen.unsqueeze(-1)
     sampled_logprob = sampled.gather(-1, index).squeeze(-1).tolist()
     raw_logprob = logprobs.gather(-1, index).squeeze(-1).tolist()
-    entropy = entropy_bits(logprobs).tolist()
+    entropy = entropy_bits(logprobs, probs).tolist()
     tops: list[list[Alternative]] = [[] for _ in chosen]
     if top_k_alternatives:
         top = logprobs.topk(min(top_k_alternatives, logprobs.shape[-1]), dim=-1)

@@ -423,31 +423,52 @@ def sample(
     logprobs: torch.Tensor,
     generator: torch.Generator | None = None,
     protected: Collection[int] = frozenset(),
+    raw_probs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose the next token of each row: (token ids [rows], sampled-from log-probabilities [rows, vocab]).
 
     Sampling inverts the cumulative distribution at one uniform draw per row from `generator`, so the same
     seed gives the same tokens; over a 262k-token vocabulary this is ~20x faster than torch.multinomial on CPU.
-    Greedy settings (temperature 0) take the argmax without drawing from the generator.
+    Greedy settings (temperature 0) take the argmax without drawing from the generator. `raw_probs`, given
+    when `logprobs` are normalized log-probabilities and their exp is at hand, is drawn from directly when no
+    sampler is active (the sampled-from distribution is then the raw one): no pass over the vocabulary is
+    repeated.
     """
+    if raw_probs is not None and not settings.active:
+        return inverse_cdf_sample(raw_probs, generator), logprobs
     chained = apply_chain(settings, logprobs, generator, protected)
     if settings.greedy:
         return chained.argmax(dim=-1), chained
     return inverse_cdf_sample(chained.exp(), generator), chained
 
 
+CDF_BLOCK = 1024  # tokens per block of the two-level inverse CDF
+
+
 def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row of `probs` [rows, vocab]: the first index whose cumulative probability exceeds u*total,
-    u uniform in [0, 1). Tokens with probability 0 are never chosen."""
+    u uniform in [0, 1). Tokens with probability 0 are never chosen.
+
+    The cumulative sum is taken in two levels, both in float64: over blocks of CDF_BLOCK tokens (one summing
+    pass over the vocabulary), then inside the one block the draw falls in. That is the same inversion as one
+    float64 cumulative sum over the whole row, without a float64 copy of it."""
     device = generator.device if generator is not None else probs.device
-    cumulative = probs.to(device, torch.float64).cumsum(dim=-1)  # [rows, vocab]
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=device, dtype=torch.float64)
-    chosen = torch.searchsorted(cumulative, u * cumulative[:, -1:], right=True).squeeze(-1)
-    chosen = chosen.clamp(max=probs.shape[-1] - 1)
+    source, probs = probs.device, probs.to(device)
+    rows, vocab = probs.shape
+    u = torch.rand(rows, 1, generator=generator, device=device, dtype=torch.float64)
+    blocks = -(-vocab // CDF_BLOCK)
+    padded = torch.nn.functional.pad(probs, (0, blocks * CDF_BLOCK - vocab)).view(rows, blocks, CDF_BLOCK)
+    cumulative = padded.sum(-1, dtype=torch.float64).cumsum(-1)  # [rows, blocks]
+    target = u * cumulative[:, -1:]
+    block = torch.searchsorted(cumulative, target, right=True).clamp(max=blocks - 1)  # [rows, 1]
+    before = torch.where(block > 0, cumulative.gather(-1, (block - 1).clamp(min=0)), 0.0)
+    inside = padded.gather(1, block.unsqueeze(-1).expand(rows, 1, CDF_BLOCK)).squeeze(1).double().cumsum(-1)
+    offset = torch.searchsorted(inside, target - before, right=True).clamp(max=CDF_BLOCK - 1)
+    chosen = (block * CDF_BLOCK + offset).squeeze(-1).clamp(max=vocab - 1)
     # rounding can put a draw past the last positive entry: take the last token with probability > 0 instead
-    unlikely = probs.to(device).gather(-1, chosen.unsqueeze(-1)).squeeze(-1) <= 0
+    unlikely = probs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1) <= 0
     if unlikely.any():
-        positive = probs.to(device)[unlikely] > 0
+        positive = probs[unlikely] > 0
         last = positive.shape[-1] - 1 - positive.flip(-1).int().argmax(dim=-1)
         chosen[unlikely] = last
-    return chosen.to(probs.device)
+    return chosen.to(source)

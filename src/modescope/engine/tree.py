@@ -40,6 +40,16 @@ class Child:
 Visit = Callable[[Node, torch.Tensor], Sequence[Child]]
 """Called once per node with its next-token log-probabilities [vocab]; returns the children to expand."""
 
+BatchVisit = Callable[[Sequence[Node], torch.Tensor], Sequence[Sequence[Child]]]
+"""Called once per forwarded batch with its nodes and their next-token log-probabilities [nodes, vocab]; returns
+each node's children. Work over the vocabulary (a sum over thousands of tokens, say) is then done for the whole
+batch in one tensor operation instead of once per node."""
+
+
+def per_node(visit: Visit) -> BatchVisit:
+    """A batch visit that calls `visit` on each node of the batch in turn."""
+    return lambda nodes, logprobs: [visit(node, logprobs[row]) for row, node in enumerate(nodes)]
+
 
 @dataclass
 class ExpansionStats:
@@ -77,17 +87,26 @@ class PrefixTree:
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     stats: ExpansionStats = field(default_factory=ExpansionStats)
 
-    def expand(self, prompt: Sequence[int], visit: Visit, root_data: Any = None) -> ExpansionStats:
-        """Visit the root, then every child the visits ask for, breadth first."""
-        return self.expand_many([prompt], visit, [root_data])
+    def expand(
+        self, prompt: Sequence[int], visit: Visit | None, root_data: Any = None, visit_batch: BatchVisit | None = None
+    ) -> ExpansionStats:
+        """Visit the root, then every child the visits ask for, breadth first (give `visit` or `visit_batch`)."""
+        return self.expand_many([prompt], visit, [root_data], visit_batch)
 
     def expand_many(
-        self, prompts: Sequence[Sequence[int]], visit: Visit, root_data: Sequence[Any] | None = None
+        self,
+        prompts: Sequence[Sequence[int]],
+        visit: Visit | None,
+        root_data: Sequence[Any] | None = None,
+        visit_batch: BatchVisit | None = None,
     ) -> ExpansionStats:
         """Like `expand` for the tree below each prompt (`Node.prompt` tells them apart, `root_data[k]` is
         attached to prompt k's root), the trees expanded together: each level's batches hold nodes of every
         prompt, so a forward pass serves them all. Prompts go `batch_size` at a time, left-padded to one
         length (the padding is forwarded too, and counted in `tokens_forwarded`)."""
+        if (visit is None) == (visit_batch is None):
+            raise ValueError("give exactly one of visit and visit_batch")
+        batch_visit = visit_batch or per_node(visit)  # type: ignore[arg-type]
         started = time.perf_counter()
         before_tokens, before_calls = self.backend.stats.tokens, self.backend.stats.calls
         data = list(root_data) if root_data is not None else [None] * len(prompts)
@@ -98,8 +117,8 @@ class PrefixTree:
             rows, logprobs = self._transformed(start)
             self.stats.prompt_tokens += sum(len(p) for p in chunk)
             roots = [Node((), 0.0, data[first + k], first + k) for k in range(len(chunk))]
-            pending = [p for k, root in enumerate(roots) for p in self._children(root, k, logprobs[k], visit)]
-            self._expand_below(rows, pending, visit)
+            pending = self._children(roots, 0, logprobs, batch_visit)
+            self._expand_below(rows, pending, batch_visit)
         self.stats.tokens_forwarded += self.backend.stats.tokens - before_tokens
         self.stats.forward_calls += self.backend.stats.calls - before_calls
         self.stats.seconds += time.perf_counter() - started
@@ -109,13 +128,22 @@ class PrefixTree:
         rows, logprobs = step
         return rows, (self.transform(logprobs) if self.transform else logprobs)
 
-    def _children(self, node: Node, row: int, logprobs: torch.Tensor, visit: Visit) -> list[_Pending]:
-        return [
-            _Pending(row, Node((*node.path, c.token), node.logprob + float(logprobs[c.token]), c.data, node.prompt))
-            for c in visit(node, logprobs)
-        ]
+    def _children(
+        self, nodes: Sequence[Node], first_row: int, logprobs: torch.Tensor, visit: BatchVisit
+    ) -> list[_Pending]:
+        """The children the visit asks for below `nodes` (rows `first_row`... of the forwarded batch)."""
+        pending = []
+        for offset, (node, children) in enumerate(zip(nodes, visit(nodes, logprobs), strict=True)):
+            if not children:
+                continue
+            steps = logprobs[offset, [c.token for c in children]].tolist()  # one gather per node
+            pending += [
+                _Pending(first_row + offset, Node((*node.path, c.token), node.logprob + step, c.data, node.prompt))
+                for c, step in zip(children, steps, strict=True)
+            ]
+        return pending
 
-    def _expand_below(self, rows: Rows, pending: list[_Pending], visit: Visit) -> None:
+    def _expand_below(self, rows: Rows, pending: list[_Pending], visit: BatchVisit) -> None:
         """Forward `pending` (children of `rows`) and everything below them.
 
         Up to `max_rows` nodes of a level are forwarded together and their children expanded as one next
@@ -134,8 +162,7 @@ class PrefixTree:
                     self.backend.extend(rows, [p.parent_row for p in batch], [p.node.path[-1] for p in batch])
                 )
                 parts.append(part)
-                for offset, item in enumerate(batch):
-                    next_pending += self._children(item.node, start + offset, logprobs[offset], visit)
+                next_pending += self._children([item.node for item in batch], start, logprobs, visit)
                 self.stats.nodes += len(batch)
                 if self.progress:
                     self.progress(len(batch))

@@ -28,7 +28,7 @@ def preset_cached(preset: Preset) -> bool:
 
 
 def preset_folder(preset: Preset) -> Path:
-    """The preset's converted transformers folder, converting its GGUF the first time (about a minute).
+    """The preset's converted transformers folder, converting its GGUF the first time (5-20 s).
     An adapter preset has its base's folder."""
     from modescope.models.hf import cache_root, convert_gguf
 

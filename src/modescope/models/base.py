@@ -41,6 +41,9 @@ class Capabilities:
     scores_sequences: bool = True  # log-probabilities of given tokens (vLLM prompt_logprobs, echo)
     chat_only: bool = False  # only a chat endpoint: prompts go as messages, through the server's template
     server: str | None = None  # "NAME@URL" for a model behind a server; None in-process
+    # the weights' floating-point type ("float32", "bfloat16"): results computed below float32 are labelled
+    # as such (see modescope.precision); None when unknown (a server does not say)
+    precision: str | None = None
 
     @property
     def shows(self) -> str:
@@ -62,6 +65,7 @@ class Capabilities:
             # with the local tokenizer's template and sends token ids
             "chat_template": "server" if self.chat_only else "local",
             "server": self.server,
+            "precision": self.precision,
         }
 
     def require(self, what: str, model: str, tier: Tier = "full") -> None:

@@ -1,7 +1,7 @@
 """Transformers backend: a Hugging Face id, a local folder, or a GGUF file, on CPU or CUDA.
 
-GGUF files are de-quantized by transformers on load, which takes 20-120 s; the result is kept as safetensors
-in the converted-model cache so later loads take about a second.
+GGUF files are de-quantized once (5-20 s for the default models, see `gguf_convert`) and kept as safetensors
+in the converted-model cache, so later loads take about a second.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend, ChatPrompt, Rows
+from modescope.models.base import Backend, Capabilities, ChatPrompt, Rows
+from modescope.models.gguf_convert import Header
 from modescope.models.safety import (
     PICKLE_HINT,
     LoadPolicy,
@@ -92,6 +93,17 @@ def render_chat_template(tokenizer: Any, prompt: ChatPrompt) -> str:
     return str(text) + prompt.prefill
 
 
+def log_softmax_f32(logits: torch.Tensor) -> torch.Tensor:
+    """A float32 log-softmax whose normalizer is summed by torch's cascade summation.
+
+    torch's own float32 log-softmax accumulates the exponentials along the row, which over a 50k-260k
+    vocabulary leaves errors up to ~3e-5 nats per token (6e-5 relative on a three-token answer's mass,
+    measured). `Tensor.sum` sums in a cascade (relative error ~3e-7 over 262k terms, measured against float64)
+    for the same passes (max, exp-sum, subtract), leaving ~1e-6 nats for logits of magnitude 30."""
+    top = logits.max(dim=-1, keepdim=True).values
+    return logits - (top + (logits - top).exp().sum(dim=-1, keepdim=True).log())
+
+
 @dataclass
 class CacheRows(Rows):
     """Rows backed by a transformers KV cache, one cache row per prefix."""
@@ -134,6 +146,7 @@ class HFBackend(Backend):
         self.tokenizer = tokenizer
         self.source = source
         self.device = next(model.parameters()).device
+        self.capabilities = Capabilities(precision=str(model.dtype).removeprefix("torch."))  # recorded with results
         # transformers renamed the cache argument from `past_key_values` to `cache` during 5.x
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         # only the last position's logits are needed when encoding a prompt: skip the LM head elsewhere
@@ -141,6 +154,10 @@ class HFBackend(Backend):
             {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
         )
         self._fingerprint: str | None = None
+        # the precision of next-token log-probabilities: float32, or float64 for float64 weights (tests use those
+        # to check exactness to 1e-12; a float32 model set to float64 is the reference its float32 is checked by)
+        weights = next(model.parameters()).dtype
+        self.logprob_dtype = torch.float64 if weights == torch.float64 else torch.float32
         self._check_byte_table()
 
     def _check_byte_table(self) -> None:
@@ -159,7 +176,10 @@ class HFBackend(Backend):
         """Source, class, vocabulary size and a digest of every parameter's sum and shape: any change of
         weights (an adapter merged in, say) changes it. Computed once: about 0.1 s for 270M parameters."""
         if self._fingerprint is None:
-            digest = hashlib.sha256(f"{self.source}|{type(self.model).__name__}|{self.vocab.size}".encode())
+            header = f"{self.source}|{type(self.model).__name__}|{self.vocab.size}"
+            if self.capabilities.precision != "float32":  # float32 keys stay as they were; others never match them
+                header += f"|{self.capabilities.precision}"
+            digest = hashlib.sha256(header.encode())
             with torch.inference_mode():
                 for name, parameter in self.model.named_parameters():
                     total = float(parameter.detach().sum())
@@ -195,9 +215,16 @@ class HFBackend(Backend):
         return cache if cache is not None else output.past_key_values
 
     def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
-        """float64 log-softmax over the real vocabulary (some models pad the logits beyond it)."""
-        logits = logits[..., : self.vocab.size].double()
-        return torch.log_softmax(logits, dim=-1).cpu()
+        """float32 log-softmax over the real vocabulary (some models pad the logits beyond it).
+
+        float32 keeps each log-probability within ~1e-7 relative of a float64 log-softmax (masses within 1e-6,
+        checked against float64 in tests), while a float64 pass over a 262k vocabulary per row costs more than
+        the rest of a decode step; callers sum along paths in float64. Reduced-precision weights give bfloat16
+        logits, which are widened first."""
+        logits = logits[..., : self.vocab.size].to(self.logprob_dtype)
+        if self.logprob_dtype == torch.float64:
+            return torch.log_softmax(logits, dim=-1).cpu()
+        return log_softmax_f32(logits).cpu()
 
     def start(self, prompt: Sequence[int]) -> tuple[Rows, torch.Tensor]:
         if not prompt:
@@ -340,13 +367,20 @@ class HFBackend(Backend):
 # --- loading -----------------------------------------------------------------------------------------------
 
 
-def _check_gguf(path: Path) -> None:
-    """Fail early, with a clear message, on a file that is not a readable GGUF."""
-    try:
-        from gguf import GGUFReader
+def _check_gguf(path: Path) -> Header | None:
+    """Fail early, with a clear message, on a file that is not a readable GGUF. Returns its header when
+    modescope's own reader takes the file; None when only gguf's reader does (a big-endian file, say)."""
+    from modescope.models.gguf_convert import UnsupportedGGUF, read_header
 
-        GGUFReader(str(path))
-    except Exception as exc:  # the reader raises many types on corrupt input
+    try:
+        try:
+            return read_header(path)
+        except UnsupportedGGUF:
+            from gguf import GGUFReader
+
+            GGUFReader(str(path))
+            return None
+    except Exception as exc:  # the readers raise many types on corrupt input
         raise ModescopeError(f"'{path}' is not a readable GGUF file ({exc}); check the file or re-download it") from exc
 
 
@@ -359,12 +393,42 @@ def gguf_cache_dir(path: Path, key: str | None = None) -> Path:
     return cache_root() / "converted" / key
 
 
-def convert_gguf(path: Path, target: Path) -> None:
-    """De-quantize a GGUF file with transformers and save it as a float32 safetensors folder."""
+def convert_gguf(path: Path, target: Path, fast: bool = True) -> None:
+    """De-quantize a GGUF file into a float32 safetensors folder with its tokenizer: the folder transformers
+    saves after loading the file itself, written in one pass by `gguf_convert` (4-6x faster: see
+    benchmarks/bench_convert.py) for the architectures it covers. `fast=False` forces transformers' own
+    loading, the reference it is checked against."""
+    header = _check_gguf(path)
+    logger.info("converting %s (once; later loads use %s)", path, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        if not (fast and header is not None and _convert_fast(path, staging, header)):
+            _convert_with_transformers(path, staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _convert_fast(path: Path, staging: Path, header: Header) -> bool:
+    """The one-pass conversion; False, with nothing written, for a file it does not take."""
+    from modescope.models.gguf_convert import UnsupportedGGUF, convert
+
+    try:
+        convert(path, staging, header)
+    except UnsupportedGGUF as exc:
+        logger.info("converting %s through transformers' GGUF loading (%s)", path, exc)
+        return False
+    except (ValueError, OSError, KeyError, RuntimeError, NotImplementedError) as exc:
+        raise ModescopeError(f"could not convert the GGUF file '{path}': {exc}") from exc
+    return True
+
+
+def _convert_with_transformers(path: Path, staging: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _check_gguf(path)
-    logger.info("converting %s (once; later loads use %s)", path, target)
     # GGUF architectures are built into transformers: never any remote code, whatever sits beside the file
     gguf = {"gguf_file": path.name, "trust_remote_code": False}
     try:
@@ -377,16 +441,8 @@ def convert_gguf(path: Path, target: Path) -> None:
     model.is_quantized = False  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
 
 
 VOCAB_FILE = "modescope-vocab.npz"

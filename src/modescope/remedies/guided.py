@@ -25,7 +25,8 @@ from typing import Literal
 import torch
 
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend, ChatPrompt, Rows
+from modescope.models.base import Backend, Capabilities, ChatPrompt, Rows
+from modescope.precision import combined
 
 Mix = Literal["geometric", "arithmetic"]
 MIXES: tuple[Mix, ...] = ("geometric", "arithmetic")
@@ -153,6 +154,7 @@ class GuidedBackend(Backend):
         self.base = base
         self.alpha = float(alpha)
         self.chat_style = tuned.chat_style
+        self.capabilities = Capabilities(precision=combined((tuned, base)))  # both models' precision, recorded
         # the models that are forwarded: one alone when the mixture is exactly that model
         self.active: tuple[Backend, ...] = (
             (tuned,) if alpha == 0.0 or tuned is base else (base,) if alpha == 1.0 else (tuned, base)

@@ -26,11 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from modescope import precision
 from modescope.errors import ModescopeError
 from modescope.jsonsafe import finite
 from modescope.metrics.paired import bootstrap_means, paired_differences
 from modescope.store import Artifact, Metric, ProbeOutput, StoredUnit
 from modescope.viz.offline import offline_csp
+from modescope.viz.precision_html import precision_note
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -218,7 +220,7 @@ def aggregate(
     if kind == "frontier":  # a frontier is summarized per remedy point, not per metric (`probe` names its axes)
         return _frontier(probe, models, units, failed)
     table = _table(kind, models, units)
-    payload = _payload(table, failed)
+    payload = _payload(table, failed) | {precision.PAYLOAD_KEY: precision.merged(u.output.payload for u in units)}
     similar, notes = _homogeneity(table) if kind == "sample" else (None, [])
     if similar is not None:
         payload["homogeneity"] = similar.to_dict()
@@ -241,7 +243,7 @@ def _frontier(probe: Any, models: list[str], units: list[StoredUnit], failed: Se
         for u in units
         if u.record.model in models
     ]
-    return frontier_output(probe, models, found, failed)
+    return frontier_output(probe, models, found, failed, precision.merged(u.output.payload for u in units))
 
 
 def _statistics(table: Table) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
@@ -860,6 +862,7 @@ def prompts_page(payload: dict[str, Any], views: Sequence[dict[str, list[dict[st
 <style>{PAGE_STYLE}</style></head>
 <body>
 <h1>{_e(title)}</h1>
+{precision_note(precision.recorded(payload))}
 <p class="meta">Means over prompts with 95% bootstrap intervals (prompts resampled); differences are paired by
 prompt, with the two-sided Wilcoxon signed-rank test. Click a prompt to open each model's own views.</p>
 <h2>Paired comparison</h2>

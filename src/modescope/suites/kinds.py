@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modescope import precision
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend
 from modescope.store import Artifact, Metric, ProbeOutput
@@ -450,12 +451,15 @@ def run_frontier(ctx: ProbeContext, probe: schema.FrontierProbe) -> ProbeOutput:
         )
         for backend in ctx.backends
     ]
-    return frontier_output(probe, ctx.names(), units)
+    return frontier_output(probe, ctx.names(), units, computed_in=precision.of_backends(ctx.backends))
 
 
-def frontier_output(probe: Any, models: list[str], units: list[Any], failed: Any = ()) -> ProbeOutput:
+def frontier_output(
+    probe: Any, models: list[str], units: list[Any], failed: Any = (), computed_in: dict[str, str | None] | None = None
+) -> ProbeOutput:
     """The frontier over the prompts (`modescope.probes.frontier.summarize`): its points as metrics
-    ("min_p=0.1: fluency", the mean over the prompts), `frontier.png`, `frontier.html` and the payload."""
+    ("min_p=0.1: fluency", the mean over the prompts), `frontier.png`, `frontier.html` and the payload, which
+    records `computed_in` ({model: precision}) before the page is drawn, so the page labels reduced precision."""
     from modescope.probes.frontier import summarize
     from modescope.viz.frontier_html import frontier_page
     from modescope.viz.frontier_plot import plot_frontier
@@ -463,6 +467,7 @@ def frontier_output(probe: Any, models: list[str], units: list[Any], failed: Any
     diversity = getattr(probe, "diversity", "embedding_diversity")
     quality = getattr(probe, "quality", "fluency")
     payload = summarize(models, units, diversity, quality) | {"failed": [dict(f) for f in failed]}
+    payload |= {precision.PAYLOAD_KEY: computed_in} if computed_in is not None else {}
     metrics = [
         Metric(p["model"], f"{p['label']}: {name}", _number((estimate or {}).get("mean")))
         for p in payload["points"]
@@ -522,4 +527,4 @@ def run_probe(ctx: ProbeContext, probe: Any) -> ProbeOutput:
     runner = RUNNERS.get(probe.kind)
     if runner is None:
         raise ModescopeError(f"unknown probe kind '{probe.kind}'; use one of {', '.join(RUNNERS)}")
-    return runner(ctx, probe)
+    return precision.stamp(runner(ctx, probe), ctx.backends)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import modescope
+from modescope import precision
 from modescope.errors import ModescopeError
 from modescope.models.safety import LoadPolicy
 from modescope.store import ProbeOutput, UnitRecord
@@ -271,6 +272,7 @@ def run_suite(
         raise ModescopeError(f"no probe '{unknown[0]}' in suite '{plan.suite.name}'; its probes: {', '.join(names)}")
     from modescope.resources import check_suite
 
+    plan = precision.keyed_plan(plan, precision.requested_precision(device, dtype))  # no cache across precisions
     # before a run is recorded or a model loads: refuse probes still to compute that cannot fit in memory
     pending = [p for p in plan.probes if p.probe.name in only] if only else plan.probes
     check_suite([p for p in pending if only or store.cached(p.cache_key) is None], device, dtype, executor is not None)

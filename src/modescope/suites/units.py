@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from modescope import precision
 from modescope.store import ProbeOutput, UnitRecord
 
 if TYPE_CHECKING:
@@ -90,8 +91,9 @@ def compute_batch(
     else:
         outputs = run_pair_prompts(backend, partner, batch.probe, prompts, batch.first, progress)
     seconds = (time.perf_counter() - started) / max(1, len(batch.units))
+    models = [backend] if partner is None else [backend, partner]
     for unit, output in zip(batch.units, outputs, strict=True):
-        yield UnitResult(unit, output, seconds)
+        yield UnitResult(unit, precision.stamp(output, models), seconds)
 
 
 @dataclass

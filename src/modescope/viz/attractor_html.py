@@ -17,6 +17,7 @@ from pathlib import Path
 from modescope.engine.decode import TokenRecord
 from modescope.probes.attractors import AttractorResult, PerturbedRun
 from modescope.viz.offline import offline_csp
+from modescope.viz.precision_html import capabilities_note
 from modescope.viz.tokens_html import STYLE, _token_span
 
 ATTRACTOR_STYLE = """
@@ -105,6 +106,7 @@ def attractor_page(results: list[AttractorResult], prompt: str) -> str:
 <style>{STYLE}{ATTRACTOR_STYLE}</style></head>
 <body>
 <h1>Attractors: perturb the greedy completion, regenerate, see whether it comes back</h1>
+{capabilities_note(*(r.capabilities for r in results))}
 <div class="prompt">{html.escape(prompt)}</div>
 <p class="meta">Each row: the mainline up to the perturbation, the perturbed span (boxed, white), then the
 greedy continuation. Colour: probability under the raw model (green likely, red unlikely); hover a token for

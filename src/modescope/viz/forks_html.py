@@ -8,6 +8,7 @@ from pathlib import Path
 
 from modescope.probes.forks import ForkResult
 from modescope.viz.offline import offline_csp
+from modescope.viz.precision_html import capabilities_note
 from modescope.viz.tokens_html import STYLE
 
 FORK_STYLE = """
@@ -55,6 +56,7 @@ def forks_page(results: dict[str, ForkResult], prompt: str) -> str:
 <style>{STYLE}{FORK_STYLE}</style></head>
 <body>
 <h1>Forking tokens</h1>
+{capabilities_note(*(r.capabilities for r in results.values()))}
 <div class="prompt">{html.escape(prompt)}</div>
 <p class="meta">Each mainline token is shaded by how far the outcome distribution moves there (total variation
 from the previous position); the table lists the outcomes of continuations resampled from each position.</p>

@@ -10,9 +10,11 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from modescope import precision
 from modescope.jsonsafe import finite
 from modescope.viz.frontier_plot import LABELS
 from modescope.viz.offline import offline_csp
+from modescope.viz.precision_html import precision_note
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.2rem; color: #1b1b1b; background: #fafafa; }
@@ -170,6 +172,7 @@ def frontier_page(payload: dict[str, Any]) -> str:
 <html lang="en"><head><meta charset="utf-8">{offline_csp(scripts=True)}<title>modescope frontier</title><style>{STYLE}</style></head>
 <body>
 <h1>Diversity-quality frontier</h1>
+{precision_note(precision.recorded(payload))}
 <p class="meta">{count} prompts · every point a mean over the prompts (95% bootstrap intervals in the table) ·
 ringed points are on the model's Pareto frontier for the chosen axes · hover or click a point for its numbers and texts</p>
 <div><label>diversity axis <select id="x"></select></label><label>quality axis <select id="y"></select></label></div>

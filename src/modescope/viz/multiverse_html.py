@@ -25,6 +25,7 @@ from typing import Any
 
 from modescope.jsonsafe import finite
 from modescope.viz.offline import offline_csp
+from modescope.viz.precision_html import capabilities_note
 
 # The base rules match tokens_html.STYLE; they are repeated rather than imported because that module pulls
 # in torch (1.4 s), and this page is written from plain JSON.
@@ -493,6 +494,7 @@ def multiverse_html(data: dict[str, Any], title: str | None = None) -> str:
 <style>{STYLE}</style></head>
 <body>
 <h1>{heading}</h1>
+{capabilities_note(data.get("capabilities") or {})}
 <div class="prompt">{html.escape(str(data.get("prompt", "")))}</div>
 {prefix_line}
 {_meta(data)}

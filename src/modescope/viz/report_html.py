@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import modescope
+from modescope import precision
 from modescope.browser import HEADLESS_FLAGS, find_chromium
 from modescope.errors import ModescopeError
 from modescope.store import Metric, ProbeOutput, Store
 from modescope.viz.offline import offline_csp
+from modescope.viz.precision_html import precision_note, precision_tag
 
 # The numbers the overview shows per probe kind (all metrics are in each probe's own table).
 HEADLINES: dict[str, list[tuple[str, str]]] = {
@@ -285,6 +287,7 @@ def _probe_section(probe: dict[str, Any], output: ProbeOutput) -> str:
     settings = ", ".join(f"{k} = {v}" for k, v in shown.items())
     badge = '<span class="kind cached">from cache</span>' if probe["from_cache"] else ""
     notes = "".join(f"<p class='notes'>{_e(n)}</p>" for n in output.notes)
+    notes += precision_note(precision.recorded(output.payload))
     bounded = _bounded(probe["kind"], output.payload)
     similar = _homogeneity_section(output)
     artifacts = "".join(
@@ -336,11 +339,17 @@ def _overview(probes: list[dict[str, Any]], outputs: dict[str, ProbeOutput], mod
         if probe["kind"] == "temperature":  # one cell across the model columns, a line per pair
             body = f'<td colspan="{len(models)}">{"<br>".join(cells) or "–"}</td>'
         else:
-            body = "".join(f"<td>{c}</td>" for c in cells)
+            found = precision.recorded(output.payload)
+            body = "".join(f"<td>{c}{precision_tag(found.get(m))}</td>" for m, c in zip(columns, cells, strict=True))
         link = f'<a href="#probe-{_e(probe["name"])}">{_e(probe["params"].get("title") or probe["name"])}</a>'
         rows.append(f"<tr><td>{link}</td><td>{_e(probe['kind'])}</td>{body}</tr>")
     head = "".join(f"<th>{_e(m)}</th>" for m in models)
     return f'<table class="overview"><tr><th>probe</th><th>kind</th>{head}</tr>{"".join(rows)}</table>'
+
+
+def _precision_cell(found: str | None) -> str:
+    """The precision a model's stored results were computed in; runs stored before it was recorded say so."""
+    return _e(found or "not recorded") + precision_tag(found)
 
 
 def report_html(store: Store, run_id: int) -> str:
@@ -350,8 +359,10 @@ def report_html(store: Store, run_id: int) -> str:
         raise ModescopeError(f"run {run_id} has no finished probe yet; run it (or --resume it) first")
     outputs = {p["name"]: store.probe_output(run_id, p["name"]) for p in probes}
     models = [m["name"] for m in run.models]
+    computed_in = precision.merged(output.payload for output in outputs.values())
     model_rows = "".join(
-        f"<tr><td>{_e(m['name'])}</td><td>{_e(m.get('model') or m['name'])}</td><td>{'chat' if m.get('chat') else 'plain'}</td></tr>"
+        f"<tr><td>{_e(m['name'])}</td><td>{_e(m.get('model') or m['name'])}</td><td>{'chat' if m.get('chat') else 'plain'}</td>"
+        f"<td>{_precision_cell(computed_in.get(m['name']))}</td></tr>"
         for m in run.models
     )
     computed = sum(p["seconds"] for p in probes if not p["from_cache"])
@@ -371,7 +382,7 @@ def report_html(store: Store, run_id: int) -> str:
 <p class="meta">status {_e(run.status)} · started {utc_time(run.started)} · finished {utc_time(run.finished)} · {timing},
 {computed:.0f} s of model time ({sum(p["from_cache"] for p in probes)} of {len(probes)} probes from the cache) ·
 suite hash <code>{_e(run.suite_hash)}</code> (file {text_hash}) · modescope {_e(modescope.__version__)}</p>
-<table><tr><th>model</th><th>loaded as</th><th>prompts</th></tr>{model_rows}</table>
+<table><tr><th>model</th><th>loaded as</th><th>prompts</th><th>precision</th></tr>{model_rows}</table>
 </header>
 <nav><h3>Probes</h3><ol>{toc}</ol></nav>
 <main>

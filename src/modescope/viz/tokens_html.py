@@ -14,6 +14,7 @@ from pathlib import Path
 from modescope.engine.decode import Continuation, TokenRecord
 from modescope.probes.sampling import SamplingResult
 from modescope.viz.offline import offline_csp
+from modescope.viz.precision_html import capabilities_note
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1b1b1b; background: #fafafa; }
@@ -74,6 +75,7 @@ def sampling_page(result: SamplingResult) -> str:
 <html lang="en"><head><meta charset="utf-8">{offline_csp()}<title>modescope samples</title><style>{STYLE}</style></head>
 <body>
 <h1>{result.n} completions per model</h1>
+{capabilities_note(result.capabilities)}
 <div class="prompt">{html.escape(result.prompt)}</div>
 <p class="meta">max tokens {result.max_tokens}, seed {result.seed}; sampler: {html.escape(settings)};
 order: {html.escape(" → ".join(result.sampler.order))}. Colour: probability under the raw model (green likely,

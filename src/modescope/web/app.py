@@ -1,11 +1,16 @@
 """The playground's FastAPI app: a JSON API over the probes, and the single page that uses it.
 
 Every model call goes through one worker thread with a bounded queue (`worker.py`); a full queue answers
-503 at once. The long calls (distribution, multiverse, attractor) answer with server-sent events: `queued`,
-then `progress` events, then one `result` or `error` event. Errors are JSON objects `{"error": message}` with
-a 4xx status: 400 for a request the models cannot serve (the library's ModescopeError), 401 without the
-token, 404 for a model that is not served, 413 for a body over the size cap, 422 for a malformed body or a
-value over a cap, 503 when the queue is full.
+503 at once. Generate and regenerate requests waiting for the same model are decoded together, each with its
+own seed and options, as it would have been alone up to float rounding (`batching.py`); the long calls run one
+at a time. The long calls (distribution,
+multiverse, attractor) answer with server-sent events: `queued`, then `progress` events, then one `result` or
+`error` event; so do /api/generate/stream and /api/regenerate/stream, whose `progress` events carry each
+step's new tokens per model as they are decoded (a client that leaves stops the decode), and whose `result`
+is the answer of /api/generate or /api/regenerate for the same seed. Errors are JSON objects
+`{"error": message}` with a 4xx status: 400 for a request the models cannot serve (the library's
+ModescopeError), 401 without the token, 404 for a model that is not served, 413 for a body over the size cap,
+422 for a malformed body or a value over a cap, 503 when the queue is full.
 
 /api/generate and /api/regenerate take an optional `remedy` for mode collapse (a prompt strategy, a guide
 model; see `remedy.py`); a request without one is answered exactly as before remedies existed.
@@ -18,9 +23,9 @@ import functools
 import json
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +36,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modescope.engine.decode import Continuation, DecodeRequest, StepToken, TokenRecord
 from modescope.errors import ModescopeError
 from modescope.jsonsafe import finite
 from modescope.models.base import Backend, ChatPrompt
+from modescope.web.batching import Piece
 from modescope.web.remedy import Remedy, check_remedy, remedy_options, sent_prompt
 from modescope.web.schemas import (
     GENERATE_LINKS,
@@ -60,6 +67,7 @@ from modescope.web.schemas import (
     RemedyIn,
     TokenizeIn,
     TokenizeOut,
+    TokensOut,
     openapi_document,
     route_docs,
     stream_docs,
@@ -129,25 +137,21 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def _continuations(completions: Sequence[Any]) -> list[dict[str, Any]]:
+def _token(t: TokenRecord) -> dict[str, Any]:
+    return {
+        "id": t.id,
+        "text": t.text,
+        "logprob": t.logprob,
+        "raw_logprob": t.raw_logprob,
+        "entropy_bits": t.entropy_bits,
+        "special": t.special,
+        "top": [{"id": a.id, "text": a.text, "logprob": a.logprob} for a in t.top],
+    }
+
+
+def _continuations(completions: Sequence[Continuation]) -> list[dict[str, Any]]:
     return [
-        {
-            "text": c.text,
-            "finish_reason": c.finish_reason,
-            "tokens": [
-                {
-                    "id": t.id,
-                    "text": t.text,
-                    "logprob": t.logprob,
-                    "raw_logprob": t.raw_logprob,
-                    "entropy_bits": t.entropy_bits,
-                    "special": t.special,
-                    "top": [{"id": a.id, "text": a.text, "logprob": a.logprob} for a in t.top],
-                }
-                for t in c.tokens
-            ],
-        }
-        for c in completions
+        {"text": c.text, "finish_reason": c.finish_reason, "tokens": [_token(t) for t in c.tokens]} for c in completions
     ]
 
 
@@ -272,6 +276,175 @@ def _remedied(
     }
 
 
+# --- generate and regenerate: pieces for the worker's batches -------------------------------------------------
+
+
+@dataclass
+class _Found:
+    """What a piece found when the worker prepared it (the backend sampled, the prompt sent, the branch's ids),
+    for its answer."""
+
+    backend: Backend | None = None
+    sent: str | ChatPrompt = ""
+    kept: list[int] = field(default_factory=list)
+    edit: list[int] = field(default_factory=list)
+
+    def sampled(self) -> Backend:
+        assert self.backend is not None, "a piece answers only after the worker prepared it"
+        return self.backend
+
+
+@dataclass
+class Plan:
+    """A generate or regenerate request as the worker runs it: one piece per model (`models`, in order) and how
+    its answer is made of their continuations."""
+
+    pieces: list[Piece]
+    models: list[str]
+    answer: Callable[[list[list[Continuation]]], dict[str, Any]]
+
+
+def _key(name: str, remedy: Remedy | None) -> Hashable:
+    """Pieces with equal keys sample the same backend object, so they may share a batch: a model's own. A guide's
+    mixture is a new object per request, so a guided piece shares with none."""
+    return name if remedy is None or remedy.guide is None else object()
+
+
+def _request(spec: Decoding, ids: list[int], sampler: Any, stop: Sequence[str]) -> DecodeRequest:
+    return DecodeRequest(
+        ids, spec.n, spec.max_tokens, sampler=sampler, top_k_alternatives=spec.top_k, seed=spec.seed, stop=stop
+    )
+
+
+def generate_plan(spec: GenerateIn, registry: Registry, limits: Limits) -> Plan:
+    """n completions of the prompt per model (checked here; 4xx ApiError), one piece per model."""
+    registry.check(spec.models, limits)
+    prompt = _prompt(spec.prompt, limits)
+    sampler = _decoding(spec, limits)
+    remedy = _remedy(spec.remedy, registry)
+    stop = remedy.stops(spec.stop) if remedy is not None else spec.stop
+    found = [_Found() for _ in spec.models]
+
+    def prepare(name: str, into: _Found) -> tuple[Backend, DecodeRequest]:
+        into.backend, into.sent = _sampled(registry, name, prompt, remedy)
+        return into.backend, _request(spec, _prompt_ids(into.backend, into.sent), sampler, stop)
+
+    def answer(groups: list[list[Continuation]]) -> dict[str, Any]:
+        results = []
+        for name, into, completions in zip(spec.models, found, groups, strict=True):
+            result = {"model": name, "completions": _continuations(completions)}
+            results.append(result if remedy is None else _remedied(result, into.sampled(), into.sent, remedy))
+        return {"results": results} | ({} if remedy is None else {"remedy": remedy.describe()})
+
+    pieces = [
+        Piece(_key(name, remedy), spec.n, functools.partial(prepare, name, into))
+        for name, into in zip(spec.models, found, strict=True)
+    ]
+    return Plan(pieces, list(spec.models), answer)
+
+
+def regenerate_plan(spec: RegenerateIn, registry: Registry, limits: Limits) -> Plan:
+    """n continuations of the prompt, the kept token ids and the edited text (checked here; 4xx ApiError)."""
+    registry.check([spec.model], limits)
+    prompt = _prompt(spec.prompt, limits)
+    sampler = _decoding(spec, limits)
+    _text_cap("the edit", spec.edit, limits)
+    remedy = _remedy(spec.remedy, registry)
+    stop = remedy.stops(spec.stop) if remedy is not None else spec.stop
+    loaded = registry.loaded.get(spec.model)
+    if loaded is not None:  # refused before a stream starts, as the document's bounds say
+        _prefix(loaded, spec.prefix_ids, limits)
+    into = _Found()
+
+    def prepare() -> tuple[Backend, DecodeRequest]:
+        into.backend, into.sent = backend, sent = _sampled(registry, spec.model, prompt, remedy)
+        into.kept = _prefix(backend, spec.prefix_ids, limits)
+        into.edit = _encode_text(backend, spec.edit) if spec.edit else []
+        return backend, _request(spec, [*_prompt_ids(backend, sent), *into.kept, *into.edit], sampler, stop)
+
+    def answer(groups: list[list[Continuation]]) -> dict[str, Any]:
+        backend = into.sampled()
+        result = {
+            "model": spec.model,
+            "edit_tokens": [{"id": i, "text": backend.token_text(i)} for i in into.edit],
+            "completions": _continuations(groups[0]),
+        }
+        if remedy is None:
+            return result
+        before = backend.decode([*into.kept, *into.edit])
+        return _remedied(result, backend, into.sent, remedy, before) | {"remedy": remedy.describe()}
+
+    return Plan([Piece(_key(spec.model, remedy), spec.n, prepare)], [spec.model], answer)
+
+
+# --- server-sent events ---------------------------------------------------------------------------------------
+
+
+class _Events:
+    """Events emitted from the worker thread, read by a stream in the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+def _tokens_event(emit: Emit, model: str, tokens: Sequence[StepToken]) -> None:
+    """A `progress` event of a generate stream: the tokens a model's completions just took (`TokensOut`)."""
+    new = [_token(t.record) | {"completion": t.continuation, "finish_reason": t.finish_reason} for t in tokens]
+    emit({"model": model, "tokens": new})
+
+
+def _frame(kind: str, data: Any) -> str:
+    return f"event: {kind}\ndata: {json.dumps(finite(data), separators=(',', ':'))}\n\n"
+
+
+def _last_frame(done: asyncio.Future[Any]) -> str:
+    """The `result` event, or the `error` event with the status the failure would have had before the stream."""
+    try:
+        return _frame("result", done.result())
+    except ModescopeError as exc:
+        return _frame("error", {"error": str(exc), "status": 400})
+    except ApiError as exc:
+        return _frame("error", {"error": exc.message, "status": exc.status})
+    except Exception as exc:  # an unexpected failure still ends the stream with a message
+        return _frame("error", {"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500})
+
+
+def event_stream(
+    outcome: Callable[[], Awaitable[Any]], events: _Events, waiting: int, cleanup: Callable[[], object]
+) -> StreamingResponse:
+    """Answer with server-sent events: `queued` (with the requests `waiting` ahead), a `progress` event per
+    emitted event, then the `result` (what `outcome` answers) or an `error`. `cleanup` runs when the stream
+    ends, however it ends: a client that went away stops the work it asked for."""
+
+    async def body() -> AsyncIterator[str]:
+        done = asyncio.ensure_future(outcome())
+        getter: asyncio.Future[dict[str, Any]] | None = None
+        try:
+            yield _frame("queued", {"ahead": waiting})
+            while True:
+                getter = asyncio.ensure_future(events.queue.get())
+                finished, _ = await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in finished:
+                    break
+                yield _frame("progress", getter.result())
+            while not events.queue.empty():  # emitted before the end, not read yet: the worker emits in order
+                yield _frame("progress", events.queue.get_nowait())
+            yield _last_frame(done)
+        finally:
+            cleanup()
+            for task in (getter, done):
+                if task is not None and not task.done():
+                    task.cancel()
+            if done.done() and not done.cancelled():
+                done.exception()  # read, so that a failure the client left before is not logged as unread
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+
 # --- middleware -------------------------------------------------------------------------------------------
 
 
@@ -327,6 +500,7 @@ def create_app(
     limits: Limits | None = None,
     token: str | None = None,
     allowed_hosts: Sequence[str] = (),
+    batching: bool = True,
 ) -> FastAPI:
     """The playground app serving `backends` (loaded models, or `LazyModel`s loaded on first use).
 
@@ -334,21 +508,26 @@ def create_app(
     carry it (header `Authorization: Bearer TOKEN` or `X-Modescope-Token`); the page reads it from its
     own URL (`/?token=TOKEN`). Requests must name this server in their Host header (localhost, a loopback
     address, the address they arrived at, or one of `allowed_hosts`; see `security.host_allowed`).
-    """
-    from modescope.engine.decode import generate
 
+    Generate and regenerate requests waiting for the same model are decoded together in batches; without
+    `batching` every one decodes alone, one at a time (the behaviour bench_serve compares with).
+    """
     limits = limits or Limits()
     registry = Registry(backends)
     if not registry.order:
         raise ModescopeError("serve at least one model")
-    worker = Worker(limits.queue_size)
+
+    def new_worker() -> Worker:
+        return Worker(limits.queue_size, limits.max_batch_rows, limits.max_models, batching)
+
+    worker = new_worker()
     stopped = False
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         nonlocal worker, stopped
         if stopped:  # served again after a shutdown (a test client entered twice): the old worker has ended
-            worker = app.state.worker = Worker(limits.queue_size)
+            worker = app.state.worker = new_worker()
         yield
         worker.close()
         stopped = True
@@ -415,44 +594,37 @@ def create_app(
     def stream(call: Callable[[Emit], Any]) -> StreamingResponse:
         """Queue a long call and answer with its events. A full queue raises Busy (503) before any byte is
         sent; a failure inside the call becomes an `error` event with the status it would have had."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-        def emit(event: dict[str, Any]) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
+        events = _Events(asyncio.get_running_loop())
         waiting = worker.pending
-        future = worker.submit(lambda: call(emit))
+        future = worker.submit(lambda: call(events.emit))
+        # cancelling skips the call when the client left while it waited (a no-op once it ran)
+        return event_stream(lambda: asyncio.wrap_future(future), events, waiting, future.cancel)
 
-        def frame(kind: str, data: Any) -> str:
-            return f"event: {kind}\ndata: {json.dumps(finite(data), separators=(',', ':'))}\n\n"
+    async def decode(plan: Plan) -> dict[str, Any]:
+        """Queue a generate request's pieces and wait for its answer; a request that ends early (a failed piece,
+        a client gone) cancels what is left of it."""
+        ticket = worker.submit_pieces(plan.pieces)
+        try:
+            groups = await asyncio.gather(*(asyncio.wrap_future(piece.future) for piece in plan.pieces))
+        finally:
+            ticket.cancel()
+        return plan.answer(list(groups))
 
-        async def body() -> AsyncIterator[str]:
-            done = asyncio.wrap_future(future)
-            try:
-                yield frame("queued", {"ahead": waiting})
-                while True:
-                    getter = asyncio.ensure_future(events.get())
-                    finished, _ = await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-                    if getter in finished:
-                        yield frame("progress", getter.result())
-                        continue
-                    getter.cancel()
-                    break
-                try:
-                    result = done.result()
-                except ModescopeError as exc:
-                    yield frame("error", {"error": str(exc), "status": 400})
-                except ApiError as exc:
-                    yield frame("error", {"error": exc.message, "status": exc.status})
-                except Exception as exc:  # an unexpected failure still ends the stream with a message
-                    yield frame("error", {"error": f"internal error: {type(exc).__name__}: {exc}", "status": 500})
-                else:
-                    yield frame("result", result)
-            finally:
-                future.cancel()  # a no-op once it ran; skips the call when the client left while it waited
+    def decode_stream(plan: Plan) -> StreamingResponse:
+        """Queue a generate request's pieces and answer with events: each step's new tokens per model as a
+        `progress` event, then the answer `decode` gives. A client that goes away cancels the request: a piece
+        waiting is skipped, a piece decoding leaves its batch at the next step."""
+        events = _Events(asyncio.get_running_loop())
+        for piece, model in zip(plan.pieces, plan.models, strict=True):
+            piece.on_tokens = functools.partial(_tokens_event, events.emit, model)
+        waiting = worker.pending
+        ticket = worker.submit_pieces(plan.pieces)
 
-        return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+        async def outcome() -> dict[str, Any]:
+            groups = await asyncio.gather(*(asyncio.wrap_future(piece.future) for piece in plan.pieces))
+            return plan.answer(list(groups))
+
+        return event_stream(outcome, events, waiting, ticket.cancel)
 
     # --- routes -------------------------------------------------------------------------------------------
 
@@ -516,31 +688,16 @@ def create_app(
         **route_docs("generate", GenerateOut, GENERATE_LINKS),
     )
     async def generate_route(spec: GenerateIn) -> JSONResponse:
-        registry.check(spec.models, limits)
-        prompt = _prompt(spec.prompt, limits)
-        sampler = _decoding(spec, limits)
-        remedy = _remedy(spec.remedy, registry)
-        stop = remedy.stops(spec.stop) if remedy is not None else spec.stop
+        return _json(await decode(generate_plan(spec, registry, limits)))
 
-        def call() -> dict[str, Any]:
-            results = []
-            for name in spec.models:
-                backend, sent = _sampled(registry, name, prompt, remedy)
-                completions = generate(
-                    backend,
-                    _prompt_ids(backend, sent),
-                    n=spec.n,
-                    max_tokens=spec.max_tokens,
-                    sampler=sampler,
-                    top_k_alternatives=spec.top_k,
-                    seed=spec.seed,
-                    stop=stop,
-                )
-                result = {"model": name, "completions": _continuations(completions)}
-                results.append(result if remedy is None else _remedied(result, backend, sent, remedy))
-            return {"results": results} | ({} if remedy is None else {"remedy": remedy.describe()})
-
-        return _json(await run(call))
+    @app.post(
+        "/api/generate/stream",
+        dependencies=guard,
+        summary="Generate, answered with each step's tokens as they are decoded (server-sent events)",
+        **stream_docs("generate_stream", TokensOut, GenerateOut),
+    )
+    async def generate_stream(spec: GenerateIn) -> StreamingResponse:
+        return decode_stream(generate_plan(spec, registry, limits))
 
     @app.post(
         "/api/regenerate",
@@ -549,38 +706,16 @@ def create_app(
         **route_docs("regenerate", RegenerateOut, REGENERATE_LINKS),
     )
     async def regenerate(spec: RegenerateIn) -> JSONResponse:
-        registry.check([spec.model], limits)
-        prompt = _prompt(spec.prompt, limits)
-        sampler = _decoding(spec, limits)
-        _text_cap("the edit", spec.edit, limits)
-        remedy = _remedy(spec.remedy, registry)
-        stop = remedy.stops(spec.stop) if remedy is not None else spec.stop
+        return _json(await decode(regenerate_plan(spec, registry, limits)))
 
-        def call() -> dict[str, Any]:
-            backend, sent = _sampled(registry, spec.model, prompt, remedy)
-            kept = _prefix(backend, spec.prefix_ids, limits)
-            edit = _encode_text(backend, spec.edit) if spec.edit else []
-            completions = generate(
-                backend,
-                [*_prompt_ids(backend, sent), *kept, *edit],
-                n=spec.n,
-                max_tokens=spec.max_tokens,
-                sampler=sampler,
-                top_k_alternatives=spec.top_k,
-                seed=spec.seed,
-                stop=stop,
-            )
-            result = {
-                "model": spec.model,
-                "edit_tokens": [{"id": i, "text": backend.token_text(i)} for i in edit],
-                "completions": _continuations(completions),
-            }
-            if remedy is None:
-                return result
-            before = backend.decode([*kept, *edit])
-            return _remedied(result, backend, sent, remedy, before) | {"remedy": remedy.describe()}
-
-        return _json(await run(call))
+    @app.post(
+        "/api/regenerate/stream",
+        dependencies=guard,
+        summary="Regenerate, answered with each step's tokens as they are decoded (server-sent events)",
+        **stream_docs("regenerate_stream", TokensOut, RegenerateOut),
+    )
+    async def regenerate_stream(spec: RegenerateIn) -> StreamingResponse:
+        return decode_stream(regenerate_plan(spec, registry, limits))
 
     @app.post(
         "/api/next",

@@ -36,7 +36,13 @@ class Limits:
     max_attractor_tokens: int = 128  # mainline length of an attractor experiment
     max_perturbations: int = 64  # swap positions x alternatives + edits + detours
     max_branch_nodes: int = 2000  # nodes of the browser's branch tree (checked by the page on growth and import)
-    queue_size: int = 8  # model calls waiting for the worker (503 beyond)
+    # requests waiting for the worker (503 beyond): room for a burst of 50 generate requests; a waiting request
+    # holds only its body, the memory of decoding is bounded by the batch cap below
+    queue_size: int = 64
+    # rows (completions) decoded together in one batch of a model; a batch holds about rows x vocabulary float64
+    # distributions (64 x 262,144 x 8 bytes = 128 MiB for gemma-3-270m), and at most max_models batches decode
+    # in turn
+    max_batch_rows: int = 64
 
 
 class _Strict(BaseModel):
@@ -196,6 +202,7 @@ class CapabilitiesOut(BaseModel):
     chat_only: bool
     chat_template: Literal["local", "server"]
     server: str | None
+    precision: str | None = Field(None, description="The weights' type (float32, bfloat16); null when unknown.")
 
 
 class ServedModelOut(_Out):
@@ -207,7 +214,7 @@ class ServedModelOut(_Out):
 
 
 class QueueOut(_Out):
-    pending: int = Field(ge=0, description="Model calls waiting for the worker.")
+    pending: int = Field(ge=0, description="Requests waiting for the worker.")
 
 
 class RemedyKOut(_Out):
@@ -325,6 +332,22 @@ class NextOut(_Out):
 
 
 # --- streamed answers: the payloads of the server-sent events ---------------------------------------------
+
+
+class StreamedTokenOut(TokenRecordOut):
+    """A token one completion just took, as it is decoded."""
+
+    completion: int = Field(ge=0, description="Which of the model's n completions took it.")
+    finish_reason: Literal["eos", "stop", "length"] | None = Field(
+        description="How the completion ended at this token; null: it goes on."
+    )
+
+
+class TokensOut(_Out):
+    """The tokens a model's completions took at one decoding step (generate and regenerate streams)."""
+
+    model: str
+    tokens: list[StreamedTokenOut]
 
 
 class QueuedOut(_Out):
@@ -508,9 +531,12 @@ STREAM_PAYLOADS: tuple[type[BaseModel], ...] = (
     StreamErrorOut,
     ModelProgressOut,
     ExpandedProgressOut,
+    TokensOut,
     DistributionOut,
     MultiverseOut,
     AttractorOut,
+    GenerateOut,
+    RegenerateOut,
 )
 
 

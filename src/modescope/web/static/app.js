@@ -16,6 +16,8 @@ const state = {
   picked: null,        // {nodeId, pos} of the token whose popup is open
   busy: 0,
   sentOpen: false,     // whether the columns' "sent prompt" disclosures are open
+  live: new Set(),     // the AbortControllers of the generations streaming now (Cancel aborts them)
+  drawing: false,      // a render is scheduled for the next frame
 };
 
 // ---- small helpers ----
@@ -67,9 +69,10 @@ async function call(path, body) {
   if (!response.ok) throw await errorOf(response);
   return response.json();
 }
-// A long call answers with server-sent events: queued, progress..., then result or error.
-async function stream(path, body, onEvent) {
-  const response = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body) });
+// A long call answers with server-sent events: queued, progress..., then result or error. Aborting `signal`
+// closes the connection, which stops the work on the server.
+async function stream(path, body, onEvent, signal) {
+  const response = await fetch(path, { method: "POST", headers: headers(), body: JSON.stringify(body), signal });
   if (!response.ok) throw await errorOf(response);
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
@@ -103,11 +106,33 @@ async function guarded(what, action) {
     status("");
     return result;
   } catch (error) {
-    status(what + " failed: " + error.message, true);
+    if (error.name === "AbortError") status(what + " cancelled");
+    else status(what + " failed: " + error.message, true);
     return null;
   } finally {
     setBusy(-1);
   }
+}
+// A generation that streams its tokens: Cancel (or leaving the page) aborts it.
+async function live(what, action) {
+  const controller = new AbortController();
+  state.live.add(controller);
+  $("cancel").disabled = false;
+  try {
+    return await guarded(what, () => action(controller.signal));
+  } finally {
+    state.live.delete(controller);
+    $("cancel").disabled = state.live.size === 0;
+  }
+}
+function cancelLive() {
+  for (const controller of state.live) controller.abort();
+}
+// Many tokens arrive per second: draw at most once a frame.
+function renderSoon() {
+  if (state.drawing) return;
+  state.drawing = true;
+  requestAnimationFrame(() => { state.drawing = false; render(); });
 }
 
 // ---- settings from the form ----
@@ -272,6 +297,14 @@ function renderTree() {
 function deleteFocused() {
   const node = state.tree.nodes[state.focus];
   if (!node) return;
+  removeNode(node);
+  state.focus = null;
+  const next = node.parent || state.tree.roots[state.tree.roots.length - 1];
+  if (next) focusNode(next);
+  else render();
+}
+// Take a node and everything below it out of the tree.
+function removeNode(node) {
   const gone = new Set();
   const walk = (id) => { gone.add(id); state.tree.nodes[id].children.forEach(walk); };
   walk(node.id);
@@ -283,10 +316,19 @@ function deleteFocused() {
   }
   for (const id of gone) delete state.tree.nodes[id];
   for (const [model, id] of Object.entries(state.shown)) if (gone.has(id)) delete state.shown[model];
-  state.focus = null;
-  const next = node.parent || state.tree.roots[state.tree.roots.length - 1];
-  if (next) focusNode(next);
-  else render();
+  return gone;
+}
+// A generation that failed or was cancelled leaves nothing behind; the focus goes back where it was.
+function dropLive(node, focusBefore) {
+  if (!node || !state.tree.nodes[node.id]) return;
+  const gone = removeNode(node);
+  if (gone.has(state.focus)) {
+    state.focus = null;
+    if (focusBefore && state.tree.nodes[focusBefore]) { focusNode(focusBefore); return; }
+    const last = state.tree.roots[state.tree.roots.length - 1];
+    if (last) { focusNode(last); return; }
+  }
+  render();
 }
 
 function exportTree() {
@@ -327,6 +369,8 @@ async function importTree(file) {
   }
   const problem = validTree(data);
   if (problem) { status("import failed: " + problem, true); return; }
+  // a branch exported while it was decoding comes back as it was then, finished
+  for (const n of Object.values(data.nodes)) delete n.live;
   state.tree = { version: TREE_VERSION, next: data.next, nodes: data.nodes, roots: data.roots };
   state.shown = {};
   state.focus = null;
@@ -365,6 +409,7 @@ function renderColumns() {
     const node = state.tree.nodes[state.shown[model]];
     const column = el("section", "column");
     column.dataset.model = model;
+    if (node.live) column.classList.add("live");
     const title = el("h2", "", model);
     const depth = node.at !== undefined ? " · branched at token " + node.at : "";
     title.appendChild(el("span", "faint", (node.label || "") + depth));
@@ -375,7 +420,9 @@ function renderColumns() {
     tokensOf(node).forEach((t, i) => main.appendChild(tokenSpan(t, node.id, i)));
     column.appendChild(main);
     const completion = node.completions[node.selected];
-    if (completion) {
+    if (completion && node.live && !completion.finish_reason) {
+      column.appendChild(el("div", "finish", "decoding… · " + completion.tokens.length + " tokens"));
+    } else if (completion) {
       const p = completion.tokens.reduce((s, t) => s + (t.raw_logprob || 0), 0);
       column.appendChild(el("div", "finish", "ends by " + completion.finish_reason + " · " + completion.tokens.length +
         " tokens · log p = " + p.toFixed(2) + " nats"));
@@ -446,17 +493,48 @@ async function generateRun() {
     sampler: samplerSpec(), seed: seedValue(), top_k: 10 };
   const remedy = remedySpec();
   if (remedy) body.remedy = remedy;
-  const result = await guarded("generating", () => call("/api/generate", body));
-  if (!result) return;
-  const run = addNode({ kind: "run", parent: null, prompt: body.prompt, settings: body, models });
-  let first = null;
+  const focusBefore = state.focus;
+  let run = null;
+  const branches = {};  // model -> its branch node, filled as the tokens arrive
+  const onEvent = (kind, data) => {
+    if (kind === "queued") {
+      status(data.ahead ? "generating… (" + data.ahead + " requests ahead)" : "generating…");
+      if (run) return;
+      // the stream is open (a refused request never gets here): the run and its columns appear now
+      run = addNode({ kind: "run", parent: null, prompt: body.prompt, settings: body, models });
+      for (const model of models) {
+        branches[model] = addNode({ kind: "branch", parent: run.id, model, prefix: [], completions: liveCompletions(body.n),
+          selected: 0, live: true });
+        state.shown[model] = branches[model].id;
+      }
+      focusNode(branches[models[0]].id);
+    } else if (kind === "progress" && branches[data.model]) {
+      addTokens(branches[data.model], data.tokens);
+    }
+  };
+  const result = await live("generating", (signal) => stream("/api/generate/stream", body, onEvent, signal));
+  if (!result) { dropLive(run, focusBefore); return; }
   for (const r of result.results) {
-    const node = addNode({ kind: "branch", parent: run.id, model: r.model, prefix: [], completions: r.completions, selected: 0,
-      ...remedied(r) });
-    state.shown[r.model] = node.id;
-    first = first || node;
+    Object.assign(branches[r.model], { completions: r.completions, ...remedied(r) });
+    delete branches[r.model].live;
   }
-  focusNode(first.id);
+  render();
+}
+// The n completions of a branch being decoded, filled by `addTokens`.
+function liveCompletions(n) {
+  return Array.from({ length: n }, () => ({ text: "", tokens: [], finish_reason: null }));
+}
+// One step's tokens of a streamed generation: each goes to its completion, coloured like any other.
+function addTokens(node, tokens) {
+  for (const t of tokens) {
+    const completion = node.completions[t.completion];
+    if (!completion) continue;
+    const { completion: _, finish_reason, ...record } = t;
+    completion.tokens.push(record);
+    if (!record.special) completion.text += record.text;
+    if (finish_reason) completion.finish_reason = finish_reason;
+  }
+  renderSoon();
 }
 
 // What the server says a remedy did to one model's result (nothing without a remedy).
@@ -488,15 +566,28 @@ async function regenerate(parent, run, kept, ids, edit, edited, mode, label) {
     sampler: sampled ? samplerSpec() : { temperature: 0 }, seed: seedValue(), top_k: 10 };
   // a branch of a remedied run continues the same remedied prompt and model
   if (run.settings && run.settings.remedy) body.remedy = run.settings.remedy;
-  const result = await guarded("regenerating", () => call("/api/regenerate", body));
-  if (!result) return;
+  const focusBefore = state.focus;
+  let node = null;
+  const onEvent = (kind, data) => {
+    if (kind === "queued" && !node) {
+      // until the answer names the edit's tokens, the typed text stands in for them
+      const typed = edit ? [{ id: -1, text: edit, edited: true }] : [];
+      node = addNode({ kind: "branch", parent: parent.id, model: parent.model, prefix: kept.concat(edited, typed),
+        completions: liveCompletions(body.n), selected: 0, mode: sampled ? "sampled" : "greedy", live: true });
+      node.auto = label;
+      node.at = kept.length;
+      state.shown[node.model] = node.id;
+      focusNode(node.id);
+    } else if (kind === "progress" && node) {
+      addTokens(node, data.tokens);
+    }
+  };
+  const result = await live("regenerating", (signal) => stream("/api/regenerate/stream", body, onEvent, signal));
+  if (!result) { dropLive(node, focusBefore); return; }
   for (const t of result.edit_tokens) edited.push({ id: t.id, text: t.text, edited: true });
-  const node = addNode({ kind: "branch", parent: parent.id, model: parent.model, prefix: kept.concat(edited),
-    completions: result.completions, selected: 0, mode: sampled ? "sampled" : "greedy", ...remedied(result) });
-  node.auto = label;
-  node.at = kept.length;
-  state.shown[node.model] = node.id;
-  focusNode(node.id);
+  Object.assign(node, { prefix: kept.concat(edited), completions: result.completions, ...remedied(result) });
+  delete node.live;
+  render();
 }
 // Expand: continue the focused branch's shown text by another max tokens.
 async function expandFocused() {
@@ -786,8 +877,11 @@ function wire() {
   });
   $("columns").addEventListener("click", (ev) => {
     const span = ev.target.closest(".main .tok");
-    if (span) { ev.stopPropagation(); openPopup(span); }
+    const node = span && state.tree.nodes[span.dataset.node];
+    if (node && !node.live) { ev.stopPropagation(); openPopup(span); }  // a branch still decoding has no popup yet
   });
+  $("cancel").addEventListener("click", cancelLive);
+  window.addEventListener("pagehide", cancelLive);
   $("popup-close").addEventListener("click", closePopup);
   $("popup-more").addEventListener("click", moreAlternatives);
   const branchOnEdit = () => {
@@ -814,6 +908,10 @@ function wire() {
   $("att-run").addEventListener("click", runAttractor);
   document.addEventListener("keydown", (ev) => {
     if ((ev.ctrlKey || ev.metaKey) && ev.key === "Enter") { ev.preventDefault(); generateRun(); return; }
+    if (ev.key === "Escape" && state.live.size && $("popup").hidden && $("help").hidden && !typing(ev.target)) {
+      cancelLive();
+      return;
+    }
     if (ev.key === "Escape") { closePopup(); toggleHelp(false); return; }
     if (typing(ev.target) || ev.ctrlKey || ev.metaKey || ev.altKey) return;
     const keys = {
