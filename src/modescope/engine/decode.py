@@ -118,7 +118,7 @@ def generate_groups(
     because each prompt's rows draw from their own generator seeded with `seed` (so two equal prompts get
     equal samples; with seed None every prompt draws from torch's global generator, and no such equality holds).
 
-    At most `max_rows` rows are decoded at once (every row holds a float64 [vocab] distribution per step):
+    At most `max_rows` rows are decoded at once (every row holds a [vocab] distribution per step):
     the prompts go in consecutive chunks of max(1, max_rows // n) prompts. `progress` is called after each
     chunk with the number of prompts done.
     """
@@ -232,7 +232,7 @@ def decode_requests(
     matmuls: ~1e-5 in log-probability in float32, ~1e-12 in float64).
 
     `on_step` sees each request's new tokens after every step, and may cancel a request. At most `max_rows`
-    rows are decoded at once (each holds a float64 [vocab] distribution): the requests go in consecutive
+    rows are decoded at once (each holds a [vocab] distribution): the requests go in consecutive
     chunks, a request larger than the cap alone. A backend that samples on its server answers each request
     there (no steps to report)."""
     if max_rows < 1:
@@ -245,10 +245,9 @@ def decode_requests(
         def shifted(request: int, tokens: Sequence[StepToken], first: int = first) -> bool:
             return on_step is None or on_step(first + request, tokens)
 
-        decoding = start_decode(backend, requests[first:end], shifted if on_step is not None else None)
-        while decoding.step():
-            pass
-        groups.extend(decoding.groups())
+        groups.extend(
+            start_decode(backend, requests[first:end], shifted if on_step is not None else None).run().groups()
+        )
     return groups
 
 
@@ -344,6 +343,12 @@ class BatchDecode:
         self.parents = list(range(len(keep)))
         return bool(self.active)
 
+    def run(self) -> BatchDecode:
+        """Step until every continuation ended."""
+        while self.step():
+            pass
+        return self
+
     def _goes_on(self, index: int, record: TokenRecord) -> bool:
         """Record continuation `index`'s new token; whether it goes on (else its finish reason is set)."""
         self.records[index].append(record)
@@ -426,10 +431,7 @@ def _decode(
     on_step: OnStep | None = None,
 ) -> list[Continuation]:
     """The decoding loop: `BatchDecode` stepped until every continuation ended; its continuations in order."""
-    decoding = BatchDecode(backend, rows, logprobs, starts, blocks, on_step)
-    while decoding.step():
-        pass
-    return decoding.continuations()
+    return BatchDecode(backend, rows, logprobs, starts, blocks, on_step).run().continuations()
 
 
 def _runs(labels: Sequence[int]) -> Iterator[tuple[int, int, int]]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from modescope.models.base import Backend
 
-MAX_ROWS = 64  # continuations scored at once (each row holds a float64 [vocab] distribution per step)
+MAX_ROWS = 64  # continuations scored at once (each row holds a [vocab] distribution per step)
 
 
 def continuation_logprobs(

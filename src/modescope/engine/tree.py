@@ -106,7 +106,8 @@ class PrefixTree:
         length (the padding is forwarded too, and counted in `tokens_forwarded`)."""
         if (visit is None) == (visit_batch is None):
             raise ValueError("give exactly one of visit and visit_batch")
-        batch_visit = visit_batch or per_node(visit)  # type: ignore[arg-type]
+        batch_visit = visit_batch if visit is None else per_node(visit)
+        assert batch_visit is not None
         started = time.perf_counter()
         before_tokens, before_calls = self.backend.stats.tokens, self.backend.stats.calls
         data = list(root_data) if root_data is not None else [None] * len(prompts)

@@ -238,7 +238,8 @@ class Backend(ABC):
     def extend(self, rows: Rows, parents: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
         """Child rows: row k is `rows[parents[k]]` followed by `tokens[k]`.
 
-        Returns the new rows and their next-token log-probabilities, shape [len(tokens), vocab], float64.
+        Returns the new rows and their next-token log-probabilities, shape [len(tokens), vocab], float32 or
+        float64 (callers sum them in float64).
         """
         assert isinstance(rows, PrefixRows)
         prefixes = [rows.prefixes[p] + (t,) for p, t in zip(parents, tokens, strict=True)]
@@ -270,7 +271,8 @@ class Backend(ABC):
 
     @abstractmethod
     def next_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Full next-token log-probabilities after each prefix, shape [len(prefixes), vocab], float64."""
+        """Full next-token log-probabilities after each prefix, shape [len(prefixes), vocab], float32 or
+        float64."""
 
     def sample_on_server(
         self,

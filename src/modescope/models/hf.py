@@ -217,10 +217,10 @@ class HFBackend(Backend):
     def _logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         """float32 log-softmax over the real vocabulary (some models pad the logits beyond it).
 
-        float32 keeps each log-probability within ~1e-7 relative of a float64 log-softmax (masses within 1e-6,
-        checked against float64 in tests), while a float64 pass over a 262k vocabulary per row costs more than
-        the rest of a decode step; callers sum along paths in float64. Reduced-precision weights give bfloat16
-        logits, which are widened first."""
+        float32 keeps the 0..100 masses within 3e-6 relative of a float64 log-softmax (benchmarks/bench_dist.py
+        checks it), while a float64 pass over a 262k vocabulary per row costs more than the rest of a decode
+        step; callers sum along paths in float64. float64 weights keep float64 (`logprob_dtype`), and
+        reduced-precision weights give bfloat16 logits, which are widened first."""
         logits = logits[..., : self.vocab.size].to(self.logprob_dtype)
         if self.logprob_dtype == torch.float64:
             return torch.log_softmax(logits, dim=-1).cpu()
