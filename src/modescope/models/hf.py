@@ -146,7 +146,8 @@ class HFBackend(Backend):
         self.tokenizer = tokenizer
         self.source = source
         self.device = next(model.parameters()).device
-        self.capabilities = Capabilities(precision=str(model.dtype).removeprefix("torch."))  # recorded with results
+        weights = model.dtype
+        self.capabilities = Capabilities(precision=str(weights).removeprefix("torch."))  # recorded with results
         # transformers renamed the cache argument from `past_key_values` to `cache` during 5.x
         self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         # only the last position's logits are needed when encoding a prompt: skip the LM head elsewhere
@@ -156,7 +157,6 @@ class HFBackend(Backend):
         self._fingerprint: str | None = None
         # the precision of next-token log-probabilities: float32, or float64 for float64 weights (tests use those
         # to check exactness to 1e-12; a float32 model set to float64 is the reference its float32 is checked by)
-        weights = next(model.parameters()).dtype
         self.logprob_dtype = torch.float64 if weights == torch.float64 else torch.float32
         self._check_byte_table()
 
