@@ -15,12 +15,12 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from rich.console import Console
 
+from modescope.cli.suites import print_overview
 from modescope.models.analytic import AnalyticBackend
 from modescope.models.base import Backend, Capabilities
 from modescope.probes.distribution import DistributionResult, distribution
 from modescope.store import Store
 from modescope.suites import schema
-from modescope.suites.commands import _print_overview
 from modescope.suites.kinds import ProbeContext, run_distribution
 from modescope.viz.distribution_plot import distribution_figure, plot_distribution, share_bounds
 from modescope.viz.report_html import report_html
@@ -80,18 +80,18 @@ def test_dist_prints_intervals_and_the_label_of_a_bounded_model(monkeypatch: pyt
 
 
 def test_an_exact_model_notes_undecided_utf8_mass_only_when_there_is_some(bounded: DistributionResult) -> None:
-    from modescope.cli import _print_distribution
+    from modescope.cli.distribution import print_distribution
 
     exact = replace(bounded, results=[bounded.result("local")], comparisons=[])
     console = Console(record=True, width=200, file=io.StringIO())
-    _print_distribution(exact, console, 5)
+    print_distribution(exact, console, 5)
     assert "undecided" not in console.export_text()
 
     outcomes = [replace(o) for o in exact.results[0].outcomes]
     outcomes[3].mass_upper = outcomes[3].mass * (1 + 1e-3)  # a token after "3" starts an incomplete character
     undecided = replace(exact, results=[replace(exact.results[0], outcomes=outcomes)])
     console = Console(record=True, width=200, file=io.StringIO())
-    _print_distribution(undecided, console, 5)
+    print_distribution(undecided, console, 5)
     text = console.export_text()
     assert f"undecided UTF-8 mass up to {outcomes[3].mass * 1e-3:.2g}" in text and "mass_upper" in text
     assert LABEL not in text and "[" not in text  # still an exact result: no intervals
@@ -147,7 +147,7 @@ def test_the_report_labels_a_bounded_distribution_and_shows_its_intervals(tmp_pa
         store.save_probe(run, "ints", "distribution", probe.model_dump(), "k", 1.0, output)
         page = report_html(store, run)
         console = Console(record=True, width=200, file=io.StringIO())
-        _print_overview(store, run, console)  # the headline numbers `modescope run` prints
+        print_overview(store, run, console)  # the headline numbers `modescope run` prints
     headlines = [line for line in console.export_text().splitlines() if " ints " in line]
     assert len(headlines) == 6  # top1, top1_share and entropy_bits per model
     assert all(("(bounds)" in line) == (" served " in line) for line in headlines), headlines

@@ -14,9 +14,9 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from modescope.cli.lab import lab_app
 from modescope.errors import ModescopeError
 from modescope.lab.basin import basin
-from modescope.lab.cli import lab_app
 from modescope.lab.rewards import format_reward, make_reward, sentiment_reward
 from modescope.lab.train import LabConfig, run_lab
 from modescope.models.adapters import attach_adapter, load_with_adapter

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from modescope.cli.lab import reproduce_command
 from modescope.engine import decode
 from modescope.errors import ModescopeError
 from modescope.lab import probe as probe_module
-from modescope.lab.cli import reproduce_command
 from modescope.lab.rewards import RewardSpec, make_reward, parse_reward
 from modescope.lab.train import LabConfig, LabRun, check_same_tokenizer, run_lab
 from modescope.models.hf import HFBackend

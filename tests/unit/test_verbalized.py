@@ -14,6 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from modescope.cli.verbalized import verbalized_command
 from modescope.engine.decode import generate
 from modescope.errors import ModescopeError
 from modescope.models.analytic import TOY_TOKENS, TransitionBackend
@@ -36,7 +37,6 @@ from modescope.remedies.verbalized import (
     response_key,
     verbalized_prompt,
 )
-from modescope.remedies.verbalized_cli import verbalized_command
 from tests.unit.test_cli import assert_user_error
 
 R = VerbalizedResponse

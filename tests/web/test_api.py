@@ -12,12 +12,12 @@ import typer
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from modescope.cli.serve import check_binding, is_loopback, serve
 from modescope.engine.decode import generate
 from modescope.engine.samplers import SamplerSettings
 from modescope.models.analytic import AnalyticBackend
 from modescope.probes.distribution import distribution
 from modescope.web.app import LazyModel, create_app
-from modescope.web.cli import check_binding, is_loopback, serve
 from modescope.web.schemas import Limits
 from modescope.web.worker import Busy, Worker
 from tests.web.conftest import BASE, TOKENS, TUNED, toy_models

@@ -17,12 +17,12 @@ import typer
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from modescope.cli.serve import serve
 from modescope.errors import ModescopeError
 from modescope.models.analytic import AnalyticBackend
 from modescope.viz.multiverse_html import multiverse_html
 from modescope.viz.offline import offline_csp, offline_policy
 from modescope.web.app import STATIC, create_app
-from modescope.web.cli import serve
 from modescope.web.security import DOCS_POLICY, PAGE_POLICY, RESOURCE_POLICY, check_allowed_hosts, host_allowed
 from tests.web.conftest import TOKENS, free_port, toy_models
 

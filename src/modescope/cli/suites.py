@@ -1,6 +1,7 @@
 """`modescope run`, `suites`, `runs`, `export` and `report`: suites against the results store.
 
-Only typer is imported at the top; everything heavy is imported inside the commands, so the CLI starts fast.
+Only typer and light modules are imported at the top; everything heavy is imported inside the commands, so the
+CLI starts fast.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from modescope.cli.common import make_console, prepare_output, user_errors
 from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
 from modescope.server_options import MaxConcurrency, MaxLogprobs, Tokenizer
 
@@ -96,26 +98,24 @@ def run_command(
     Probes over a prompt set are stored prompt by prompt and model by model: a killed run resumed with --resume
     computes only the missing units. With --ray they are computed on a Ray cluster; the store stays here.
     --trust-remote-code and --allow-pickle apply to every model of the run: a suite file cannot ask for them."""
-    from modescope.cli import _console, _prepare_output, user_errors
-
     with user_errors():
         from modescope.suites.runner import plan_suite
 
         plan = plan_suite(suite, model, tokenizer=tokenizer, max_concurrency=max_concurrency, max_logprobs=max_logprobs)
-        _prepare_output(report, "--report")
-        console = _console()
+        prepare_output(report, "--report")
+        console = make_console()
         policy = load_policy(trust_remote_code, allow_pickle)
         with (
             _open_store(store_path) as store,
             _executor(ray or ray_address is not None, ray_address, device, dtype, policy) as executor,
         ):
-            run_id = _run_with_progress(plan, store, resume, only, device, dtype, console, executor, policy)
+            run_id = run_with_progress(plan, store, resume, only, device, dtype, console, executor, policy)
             failures = store.failures(run_id)
             if failures:
-                _print_failures(failures, run_id, store, console)
+                print_failures(failures, run_id, store, console)
                 raise typer.Exit(1)
             console.print(f"run {run_id} finished; stored in {store.path}")
-            _print_overview(store, run_id, console)
+            print_overview(store, run_id, console)
             if report is not None:
                 from modescope.viz.report_html import write_report
 
@@ -140,7 +140,8 @@ def _executor(
         executor.close()
 
 
-def _print_failures(failures: list[dict[str, Any]], run_id: int, store: Store, console: Console) -> None:
+def print_failures(failures: list[dict[str, Any]], run_id: int, store: Store, console: Console) -> None:
+    """The units of a run that failed, and how to compute only them again."""
     from rich.table import Table
 
     table = Table(title=f"run {run_id}: {len(failures)} units failed", title_justify="left")
@@ -155,7 +156,7 @@ def _print_failures(failures: list[dict[str, Any]], run_id: int, store: Store, c
     )
 
 
-def _run_with_progress(
+def run_with_progress(
     plan: Any,
     store: Store,
     resume: bool,
@@ -166,6 +167,7 @@ def _run_with_progress(
     executor: Executor | None = None,
     policy: LoadPolicy | None = None,
 ) -> int:
+    """Run the planned suite with a progress bar per probe (and its units); returns the run id."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from modescope.suites.runner import RunEvents, run_suite
@@ -218,7 +220,8 @@ def _run_with_progress(
         )
 
 
-def _print_overview(store: Store, run_id: int, console: Console) -> None:
+def print_overview(store: Store, run_id: int, console: Console) -> None:
+    """The headline numbers of a stored run, bounded distributions marked as bounds."""
     from rich.table import Table
 
     metrics = store.metrics(run_id)
@@ -248,7 +251,6 @@ def suites_command() -> None:
     """List the built-in suites."""
     from rich.table import Table
 
-    from modescope.cli import _console
     from modescope.suites.schema import builtin_suites, load_suite
 
     table = Table(title="Built-in suites (run one with `modescope run NAME`)", title_justify="left")
@@ -257,14 +259,13 @@ def suites_command() -> None:
     for name in builtin_suites():
         suite, _, _ = load_suite(name)
         table.add_row(name, str(len(suite.probes)), ", ".join(m.name for m in suite.models), suite.description)
-    _console().print(table)
+    make_console().print(table)
 
 
 def runs_command(store_path: StorePath = None) -> None:
     """List the runs in the store."""
     from rich.table import Table
 
-    from modescope.cli import _console, user_errors
     from modescope.viz.report_html import utc_time
 
     with user_errors(), _open_store(store_path) as store:
@@ -276,7 +277,7 @@ def runs_command(store_path: StorePath = None) -> None:
             finished = row["finished"] if row["finished"] == row["finished"] else None  # NaN when unfinished
             cells = [row["id"], row["suite"], row["status"], utc_time(float(row["started"])), utc_time(finished)]
             table.add_row(*map(str, cells), str(row["probes"]), ", ".join(row["models"]))
-        _console().print(table)
+        make_console().print(table)
 
 
 def export_command(
@@ -288,14 +289,12 @@ def export_command(
     store_path: StorePath = None,
 ) -> None:
     """Export a run's metrics (json: also every probe's settings and full result)."""
-    from modescope.cli import _console, _prepare_output, user_errors
-
     with user_errors(), _open_store(store_path) as store:
         run_id = _run_id(store, run)
         path = output or Path(f"run-{run_id}.{format.value}")
-        _prepare_output(path, "--output")
+        prepare_output(path, "--output")
         store.export(run_id, format.value, path)
-        _console().print(f"wrote {path}")
+        make_console().print(f"wrote {path}")
 
 
 def report_command(
@@ -307,16 +306,14 @@ def report_command(
     store_path: StorePath = None,
 ) -> None:
     """Write one self-contained HTML report of a run: overview, every probe's metrics, figures and views."""
-    from modescope.cli import _console, _prepare_output, user_errors
-
     with user_errors(), _open_store(store_path) as store:
         from modescope.viz.report_html import write_pdf, write_report
 
         run_id = _run_id(store, run)
-        _prepare_output(output, "--output")
-        _prepare_output(pdf, "--pdf")
+        prepare_output(output, "--output")
+        prepare_output(pdf, "--pdf")
         write_report(store, run_id, output)
-        _console().print(f"wrote {output}")
+        make_console().print(f"wrote {output}")
         if pdf is not None:
             write_pdf(output, pdf)
-            _console().print(f"wrote {pdf}")
+            make_console().print(f"wrote {pdf}")

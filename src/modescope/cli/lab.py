@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from modescope.cli.common import make_console, user_errors
 from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
 
 if TYPE_CHECKING:
@@ -80,9 +81,7 @@ def run(
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Optimize MODEL against REWARD with LoRA adapters; checkpoints and collapse curves go to --out."""
-    from modescope.cli import _console, user_errors
-
-    console = _console()
+    console = make_console()
     with user_errors():
         from modescope.errors import ModescopeError
         from modescope.lab.prompts import STORY_OPENINGS, read_prompts
@@ -202,8 +201,6 @@ def report(
     ] = None,
 ) -> None:
     """Plot each metric against step and against KL from the start model; write sample completions per checkpoint."""
-    from modescope.cli import _console, user_errors
-
     with user_errors():
         from modescope.lab.report import read_run, render_html, render_plot
 
@@ -212,4 +209,4 @@ def report(
         html = html if html is not None else runs[0] / "report.html"
         render_plot(loaded, png)
         render_html(loaded, html, png)
-        _console().print(f"wrote {png} and {html}")
+        make_console().print(f"wrote {png} and {html}")

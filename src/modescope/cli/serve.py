@@ -1,7 +1,7 @@
 """`modescope serve`: the web playground.
 
-Kept light at import time (typer only): fastapi, uvicorn and torch are imported inside the command, so
-registering it does not slow down `modescope --help`.
+Kept light at import time (typer and light modules only): fastapi, uvicorn and torch are imported inside the
+command, so registering it does not slow down `modescope --help`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from modescope.cli.common import make_console, user_errors
 from modescope.errors import ModescopeError
 from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
 from modescope.server_options import MaxConcurrency, MaxLogprobs, ServerOptions, Tokenizer
@@ -81,38 +82,33 @@ def serve(
     allow_pickle: AllowPickle = False,
 ) -> None:
     """Web playground: two models side by side, token probabilities, branching, multiverse and probes."""
-    from rich.console import Console
-
     from modescope.web.security import check_allowed_hosts
 
-    console = Console(highlight=False)
-    try:
+    with user_errors():
         check_binding(host, port, token)
         hosts = [*check_allowed_hosts(allow_host or []), *([host] if is_loopback(host) else [])]
         policy = load_policy(trust_remote_code, allow_pickle)
         app, names = _build(model, device, dtype, token, (tokenizer, max_concurrency, max_logprobs), hosts, policy)
-    except ModescopeError as exc:
-        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
-        raise typer.Exit(2) from None
+        check_port(host, port)
 
     import uvicorn
 
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    console = make_console()
+    console.print(f"modescope playground serving {', '.join(names)}")
+    console.print(f"open {url}  (Ctrl+C stops it)")
+    uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning")
+
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken (or an address this machine does not have) before the server starts."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
             probe.bind((host.strip("[]"), port))
     except OSError as exc:
-        Console(stderr=True, highlight=False).print(
-            f"[bold red]error:[/] cannot listen on {host}:{port} ({exc.strerror}); choose another --port",
-            markup=True,
-            soft_wrap=True,
-        )
-        raise typer.Exit(2) from None
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
-    console.print(f"modescope playground serving {', '.join(names)}")
-    console.print(f"open {url}  (Ctrl+C stops it)")
-    uvicorn.run(app, host=host.strip("[]"), port=port, log_level="warning")
+        raise ModescopeError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
 
 
 def _build(

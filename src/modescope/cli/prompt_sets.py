@@ -9,44 +9,89 @@ command line is stored per prompt and model in the results store like a suite's 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import ValidationError
 
+from modescope.cli.common import check_chat_options, make_console, prepare_output
+from modescope.cli.suites import print_failures, run_with_progress
 from modescope.errors import ModescopeError
+from modescope.load_options import load_policy
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
     from rich.console import Console
 
     from modescope.models.safety import LoadPolicy
 
-PromptsFile = Annotated[
-    str | None,
-    typer.Option(
-        "--prompts-file",
-        help="Run over a prompt set instead of one prompt: a .jsonl file (id, prompt, other keys kept), a .txt file "
-        "(one prompt per line), or a built-in set (open-ended). Stored per prompt and model in --store.",
-        rich_help_panel="Prompt sets",
-    ),
-]
-SetStore = Annotated[
-    Path | None,
-    typer.Option(
-        "--store",
-        help="Results store of a --prompts-file run (default ./modescope-results).",
-        rich_help_panel="Prompt sets",
-    ),
-]
-Resume = Annotated[
-    bool,
-    typer.Option(help="Continue an interrupted --prompts-file run of the same probe.", rich_help_panel="Prompt sets"),
-]
-Template = Annotated[
-    str | None,
-    typer.Option(help='Wrap each prompt of the set, e.g. "Q: ${prompt}\\nA:".', rich_help_panel="Prompt sets"),
-]
+
+def prompt_set_given(
+    prompts_file: str | None,
+    prompt: str | None,
+    prompt_file: Path | None,
+    template: str | None,
+    store_path: Path | None,
+    resume: bool,
+) -> bool:
+    """Whether the command runs over a prompt set (--prompts-file), refusing options that mix the two ways."""
+    if prompts_file is None:
+        if template is not None or store_path is not None or resume:
+            raise ModescopeError("--template, --store and --resume go with --prompts-file (a prompt set)")
+        return False
+    if prompt is not None or prompt_file is not None:
+        raise ModescopeError("give one prompt (--prompt or --prompt-file) or a prompt set (--prompts-file), not both")
+    return True
+
+
+def refuse_in_prompt_set(used: dict[str, bool]) -> None:
+    """Refuse the first single-prompt option of `used` that was given (its value is True)."""
+    given = [option for option, on in used.items() if on]
+    if given:
+        raise ModescopeError(
+            f"{given[0]} is for a single prompt; a --prompts-file run writes the prompt-set page (--html) and --json"
+        )
+
+
+def over_prompt_set(
+    kind: str,
+    settings: dict[str, Any],
+    model: list[str] | None,
+    chat: bool,
+    system: str | None,
+    json_path: Path | None,
+    html: Path | None,
+    device: str,
+    dtype: str,
+    options: dict[str, Any],
+) -> None:
+    """The command's probe over every prompt of --prompts-file; `options` are the command's own arguments, for
+    the prompt-set and server options every command shares."""
+    from modescope.models import DEFAULT_MODELS
+
+    check_chat_options(chat, system, settings.get("prefill", ""))
+    prepare_output(json_path, "--json")
+    prepare_output(html, "--html")
+    server = {key: options[key] for key in ("tokenizer", "max_concurrency", "max_logprobs")}
+    run_prompt_set(
+        kind,
+        settings,
+        options["prompts_file"],
+        models=model or list(DEFAULT_MODELS),
+        chat=chat,
+        system=system,
+        template=options["template"],
+        store_path=options["store_path"],
+        resume=options["resume"],
+        json_path=json_path,
+        html=html,
+        device=device,
+        dtype=dtype,
+        server=server,
+        policy=load_policy(options["trust_remote_code"], options["allow_pickle"]),
+        console=make_console(),
+    )
 
 
 def run_prompt_set(
@@ -69,15 +114,18 @@ def run_prompt_set(
     server: dict[str, Any] | None = None,
     policy: LoadPolicy | None = None,
     console: Console,
+    print_output: Callable[[dict[str, Any], Console], None] | None = None,
 ) -> int:
     """Run the command's probe (its kind and settings, as suite keys) over the prompt set (a file, or the
-    list `prompts`), store it, print the aggregates and write --json (the aggregate with every prompt's
-    numbers), --html (the prompt-set page; a frontier's interactive page) and --png (the metrics figure; a
-    frontier's plot). `policy` holds --trust-remote-code and --allow-pickle. Returns the run id."""
+    list `prompts`), store it, print the aggregates (or the probe's output through `print_output`) and write
+    --json (the aggregate with every prompt's numbers), --html (the prompt-set page; a frontier's interactive
+    page) and --png (the metrics figure; a frontier's plot). `policy` holds --trust-remote-code and
+    --allow-pickle. Returns the run id."""
+    from pydantic import ValidationError
+
     from modescope.store import Store
     from modescope.suites import schema
     from modescope.suites.aggregate import print_aggregate
-    from modescope.suites.commands import _print_failures, _run_with_progress
     from modescope.suites.runner import plan_entries
 
     if len(set(models)) != len(models):
@@ -94,25 +142,20 @@ def run_prompt_set(
     server = server or {}
     plan = plan_entries(suite, Path.cwd(), text, list(suite.models), min_models=1, **server)
     with Store(store_path) as store:
-        run_id = _run_with_progress(plan, store, resume, None, device, dtype, console, policy=policy)
+        run_id = run_with_progress(plan, store, resume, None, device, dtype, console, policy=policy)
         failures = store.failures(run_id)
         if failures:
-            _print_failures(failures, run_id, store, console)
+            print_failures(failures, run_id, store, console)
             raise typer.Exit(1)
         output = store.probe_output(run_id, kind)
         console.print(f"run {run_id}: {len(plan.probes[0].prompts or [])} prompts, stored in {store.path}")
-    frontier = kind == "frontier"
-    if frontier:
-        from modescope.remedies.frontier_cli import print_frontier
-
-        print_frontier(output.payload, console)
-    else:
-        print_aggregate(output.payload, console)
+    (print_output or print_aggregate)(output.payload, console)
     if json_path is not None:
         from modescope.store.store import _dumps
 
         json_path.write_text(_dumps(output.payload, indent=1), encoding="utf-8")
         console.print(f"wrote {json_path}")
+    frontier = kind == "frontier"
     for path, name in (
         (html, "frontier.html" if frontier else "prompts.html"),
         (png, "frontier.png" if frontier else "metrics.png"),

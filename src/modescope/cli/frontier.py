@@ -13,8 +13,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from modescope.cli.common import (
+    PromptsFile,
+    Resume,
+    SetStore,
+    Template,
+    check_chat_options,
+    make_console,
+    prepare_output,
+    user_errors,
+)
+from modescope.cli.prompt_sets import run_prompt_set
 from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
-from modescope.suites.prompt_set_command import PromptsFile, Resume, SetStore, Template
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -89,17 +99,14 @@ def frontier_command(
 ) -> None:
     """Remedies for collapse (samplers, prompt strategies, Verbalized Sampling, base-guided decoding) on a
     diversity-quality frontier, over the same prompts."""
-    from modescope.cli import _check_chat_options, _console, _prepare_output, user_errors
-
     with user_errors():
         from modescope.errors import ModescopeError
         from modescope.models import DEFAULT_MODELS
         from modescope.remedies.grid import DEFAULT_GRID, parse_grid, uses_guide
-        from modescope.suites.prompt_set_command import run_prompt_set
 
         if (prompts_file is None) == (not prompts):
             raise ModescopeError("give prompts as arguments or a prompt set with --prompts-file (one of the two)")
-        _check_chat_options(chat, system, "")
+        check_chat_options(chat, system, "")
         points = parse_grid(remedy if remedy is not None else list(DEFAULT_GRID))
         models = model or list(DEFAULT_MODELS)
         policy = load_policy(trust_remote_code, allow_pickle)
@@ -108,7 +115,7 @@ def frontier_command(
         elif guide is not None:
             raise ModescopeError("--guide is for the guided remedy; add --remedy guided=0.5 or drop --guide")
         for path, what in ((png, "--png"), (html, "--html"), (json_path, "--json")):
-            _prepare_output(path, what)
+            prepare_output(path, what)
         settings: dict[str, Any] = {
             "remedies": remedy if remedy is not None else list(DEFAULT_GRID),
             "n": n,
@@ -140,7 +147,8 @@ def frontier_command(
             device=device,
             dtype=dtype,
             policy=policy,
-            console=_console(),
+            console=make_console(),
+            print_output=print_frontier,
         )
 
 

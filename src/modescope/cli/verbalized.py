@@ -1,7 +1,7 @@
 """`modescope verbalized`: Verbalized Sampling's stated probabilities against the model's real ones.
 
-Only typer is imported at the top (the options are defined here rather than imported from modescope.cli,
-which imports this module to register the command); the library and torch load inside the command.
+Only typer and light modules are imported at the top; the library and torch load inside the command. The
+model option is its own (one model, a default preset), not the shared one of the probe commands.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from modescope.cli.common import check_chat_options, load_models, make_console, prepare_output, user_errors
 from modescope.load_options import AllowPickle, TrustRemoteCode, load_policy
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ def verbalized_command(
 ) -> None:
     """Ask for k responses with probabilities (Verbalized Sampling), and compare the stated probabilities with
     the model's exact ones under the plain prompt and with how often it gives each response when sampled."""
-    from modescope.cli import _check_chat_options, _console, _load_models, _prepare_output, user_errors
-
     with user_errors():
         from modescope.errors import ModescopeError
         from modescope.models.base import ChatPrompt
@@ -57,12 +56,12 @@ def verbalized_command(
         check_settings(k, n, direct_n, max_tokens)
         if not prompt.strip():
             raise ModescopeError("the prompt is empty; give a non-empty prompt")
-        _check_chat_options(chat, system, "")
-        _prepare_output(png, "--png")
-        _prepare_output(json_path, "--json")
-        console = _console()
+        check_chat_options(chat, system, "")
+        prepare_output(png, "--png")
+        prepare_output(json_path, "--json")
+        console = make_console()
         policy = load_policy(trust_remote_code, allow_pickle)
-        (backend,) = _load_models([model], device, dtype, console, policy=policy)
+        (backend,) = load_models([model], device, dtype, console, policy=policy)
         the_prompt = ChatPrompt(prompt, system) if chat else prompt
         with console.status("sampling") as status:
             result = stated_vs_real(backend, the_prompt, k, n, direct_n, max_tokens, seed, progress=status.update)
