@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 
-.PHONY: setup setup-vllm demo test lint bench clean
+.PHONY: setup setup-vllm demo test lint docs bench clean
 
 $(STAMP): pyproject.toml
 	# browser tests drive Debian's chromium (Playwright's own browser download does not work offline)
@@ -53,6 +53,11 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy src
+
+# the API reference from the docstrings (mkdocs.yml); a warning (a docstring that does not match its
+# signature, a broken link) fails the build
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: setup
 	$(PY) benchmarks/bench_convert.py

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 import modescope as ms
+from modescope.engine.decode import generate
 from modescope.lab.prompts import HELD_PROMPTS
 from modescope.lab.rewards import score, sentiment_reward
 from modescope.models.base import Backend
@@ -17,7 +18,7 @@ def _mean_reward(backend: Backend) -> float:
     texts = [
         c.text
         for prompt in prompts
-        for c in backend.generate(backend.prompt_ids(prompt), n=4, max_tokens=24, temperature=1.0, seed=1)
+        for c in generate(backend, backend.prompt_ids(prompt), n=4, max_tokens=24, temperature=1.0, seed=1)
     ]
     return sum(score(reward, [p for p in prompts for _ in range(4)], texts)) / len(texts)
 

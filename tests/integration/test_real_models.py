@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import modescope as ms
+from modescope.engine.decode import generate
 from modescope.models.base import Backend, ChatPrompt
 from modescope.models.hf import HFBackend
 from modescope.probes.distribution import make_targets
@@ -105,10 +106,10 @@ def test_chat_prompt_renders_through_the_template(smollm: Backend, gemma: Backen
 
 def test_greedy_and_sampled_continuations_record_every_token(smollm: Backend) -> None:
     prompt = smollm.prompt_ids(ChatPrompt("Are bugs real?"))
-    greedy = smollm.generate(prompt, n=2, max_tokens=12)
+    greedy = generate(smollm, prompt, n=2, max_tokens=12)
     assert greedy[0].text == greedy[1].text and len(greedy[0].tokens) >= 1
-    sampled = smollm.generate(prompt, n=4, max_tokens=12, temperature=1.0, seed=3)
-    again = smollm.generate(prompt, n=4, max_tokens=12, temperature=1.0, seed=3)
+    sampled = generate(smollm, prompt, n=4, max_tokens=12, temperature=1.0, seed=3)
+    again = generate(smollm, prompt, n=4, max_tokens=12, temperature=1.0, seed=3)
     assert [c.text for c in sampled] == [c.text for c in again]
     for record in sampled[0].tokens:
         assert record.logprob <= 0 and record.entropy_bits >= 0

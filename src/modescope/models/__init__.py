@@ -6,6 +6,7 @@ Heavy imports (torch, transformers) happen inside the functions that need them, 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,11 @@ from modescope.models.presets import DEFAULT_MODELS, PRESETS, Preset
 if TYPE_CHECKING:
     from modescope.models.base import Backend
 
-__all__ = ["DEFAULT_MODELS", "PRESETS", "Preset", "load", "preset_cached", "preset_folder"]
+__all__ = ["DEFAULT_MODELS", "PRESETS", "Preset", "backends", "load", "preset_cached", "preset_folder"]
+
+# models the Python API loaded by name, kept for the process: a notebook that names "smollm2-135m-instruct" in
+# ten cells loads it once
+_LOADED_BY_NAME: dict[str, Backend] = {}
 
 
 def preset_cached(preset: Preset) -> bool:
@@ -123,3 +128,30 @@ def load(
         known = ", ".join(PRESETS)
         raise ModescopeError(f"unknown model '{name}'; use a preset ({known}), a folder, a .gguf file or an HF id")
     return load_folder(name, name, device, dtype, policy)
+
+
+def backends(models: Backend | str | Sequence[Backend | str]) -> list[Backend]:
+    """The models of a Python API call as loaded backends, in order.
+
+    Each item is a loaded `Backend` (kept as is) or a name for `load` (preset, folder, GGUF file, HF id,
+    NAME@URL), loaded with the default device and dtype the first time and reused after. Use `load` yourself
+    for other options. Two entries with the same model name are refused.
+    """
+    from modescope.models.base import Backend
+
+    items = [models] if isinstance(models, Backend | str) else list(models)
+    if not items:
+        raise ModescopeError("give at least one model: a loaded model or a name such as 'smollm2-135m-instruct'")
+    loaded = []
+    for item in items:
+        if isinstance(item, str):
+            if item not in _LOADED_BY_NAME:
+                _LOADED_BY_NAME[item] = load(item)
+            item = _LOADED_BY_NAME[item]
+        elif not isinstance(item, Backend):
+            raise ModescopeError(f"a model is a loaded model (ms.load) or a name, not {type(item).__name__}")
+        loaded.append(item)
+    names = [b.name for b in loaded]
+    if len(set(names)) != len(names):
+        raise ModescopeError(f"a model is listed twice ({', '.join(names)}); name each model once")
+    return loaded

@@ -1,9 +1,10 @@
 """The narrow model interface every probe is built on.
 
-A backend answers two questions: "what is the full next-token distribution after each of these token
-prefixes?" and, through `generate`, "continue these prefixes and record what was chosen and what else was
-likely". Prefixes are advanced level by level as `Rows`: a batch of states that all extend one prompt, so a
-backend with a KV cache can encode the prompt once and let every child reuse its parent's cache.
+A backend answers "what is the full next-token distribution after each of these token prefixes?". The
+engine builds the second question on top of it, "continue these prefixes and record what was chosen and what
+else was likely" (`modescope.engine.decode.generate`); this layer knows nothing of the engine above it.
+Prefixes are advanced level by level as `Rows`: a batch of states that all extend one prompt, so a backend
+with a KV cache can encode the prompt once and let every child reuse its parent's cache.
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from modescope.errors import ModescopeError
 from modescope.models.vocab import Vocabulary
-
-if TYPE_CHECKING:
-    from modescope.engine.decode import Continuation
-
 
 Tier = Literal["full", "top-k", "sample-only"]
 
@@ -325,17 +322,6 @@ class Backend(ABC):
         """A stable identity of the weights and tokenizer, for results cached on disk; None (the default)
         when there is none, and then nothing of this model is cached across processes."""
         return None
-
-    # --- continuation ----------------------------------------------------------------------------------
-    def generate(self, prompt: Sequence[int], **options: Any) -> list[Continuation]:
-        """Continue `prompt` greedily (temperature 0) or by sampling, recording every token.
-
-        Options are those of `modescope.engine.decode.generate`: n, max_tokens, temperature,
-        top_k_alternatives, seed, stop.
-        """
-        from modescope.engine.decode import generate
-
-        return generate(self, prompt, **options)
 
 
 @contextmanager

@@ -13,13 +13,18 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from modescope.engine.decode import Continuation, TokenRecord, generate, generate_many
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend, ChatPrompt
+from modescope.results import NotebookResult
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 Criterion = Literal["sentence", "edit", "embedding"]
 MIN_MATCH_CHARS = 12  # a rejoined piece must be this long (or be the whole rest of the text) to count
@@ -174,11 +179,42 @@ def reconvergence(continuation: Continuation, reference: str) -> int | None:
     return None
 
 
-def _check_plan(plan: AttractorPlan, backend: Backend, mainline: Continuation) -> None:
-    if plan.alternatives < 2 or plan.alternatives > backend.vocab.size:
-        raise ModescopeError(f"--alternatives must be between 2 and the vocabulary size {backend.vocab.size}")
+def _check_settings(plan: AttractorPlan, max_tokens: int, criterion: str) -> None:
+    """What can be checked before any model runs (and before one is loaded)."""
+    if criterion not in get_args(Criterion):
+        raise ModescopeError(f"unknown ending criterion {criterion!r}; use sentence, edit or embedding")
+    if max_tokens < 2:
+        raise ModescopeError(f"max tokens must be at least 2 (got {max_tokens})")
+    if plan.alternatives < 2:
+        raise ModescopeError(
+            f"alternatives must be at least 2, the first swap being the 2nd likeliest token (got {plan.alternatives})"
+        )
     if plan.swap_positions < 0:
-        raise ModescopeError("--swap-positions must be 0 or more")
+        raise ModescopeError(f"swap positions must be 0 or more (got {plan.swap_positions})")
+    if plan.detour_tokens < 1:
+        raise ModescopeError(f"detour tokens must be at least 1 (got {plan.detour_tokens})")
+    for p in [*(plan.positions or []), *plan.detour_positions]:
+        if p < 0:
+            raise ModescopeError(f"position {p} is negative; mainline positions count tokens from 0")
+    for edit in plan.edits:
+        if not 0 <= edit.start <= edit.end:
+            raise ModescopeError(f"edit {edit.start}:{edit.end} needs character offsets 0 <= I <= J")
+
+
+def _check_model(plan: AttractorPlan, backend: Backend) -> None:
+    """What can be checked once the model is loaded, before it generates anything."""
+    if plan.alternatives > backend.vocab.size:
+        raise ModescopeError(
+            f"alternatives must be between 2 and the vocabulary size {backend.vocab.size} of {backend.name} "
+            f"(got {plan.alternatives})"
+        )
+    backend.capabilities.require(
+        "an attractor experiment (it swaps in the mainline's alternatives)", backend.name, "top-k"
+    )
+
+
+def _check_plan(plan: AttractorPlan, backend: Backend, mainline: Continuation) -> None:
+    _check_model(plan, backend)
     length = len(mainline.tokens)
     for p in [*(plan.positions or []), *plan.detour_positions]:
         if not 0 <= p < length:
@@ -247,11 +283,8 @@ def run_attractor(
     The ending converged when the last sentences are equal ("sentence"), or their normalized edit similarity
     ("edit") or embedding cosine ("embedding", all-MiniLM-L6-v2 unless `embedder` is given) is at least
     `threshold`."""
-    if max_tokens < 2:
-        raise ModescopeError("--max-tokens must be at least 2")
-    backend.capabilities.require(
-        "an attractor experiment (it swaps in the mainline's alternatives)", backend.name, "top-k"
-    )
+    _check_settings(plan, max_tokens, criterion)
+    _check_model(plan, backend)
     prompt_ids = backend.prompt_ids(prompt)
     (mainline,) = generate(backend, prompt_ids, max_tokens=max_tokens, top_k_alternatives=max(10, plan.alternatives))
     perturbations = plan_perturbations(backend, prompt_ids, mainline, plan)
@@ -324,8 +357,170 @@ def attractor_experiment(
     embedder: Any = None,
 ) -> list[AttractorResult]:
     """The same plan on every model (each model perturbs its own mainline)."""
-    if criterion not in ("sentence", "edit", "embedding"):
-        raise ModescopeError(f"unknown ending criterion {criterion!r}; use sentence, edit or embedding")
+    _check_settings(plan, max_tokens, criterion)
     if len({m.name for m in models}) != len(models):
         raise ModescopeError("a model is listed twice; name each model once")
+    for model in models:  # refuse a bad plan before the first model spends time generating
+        _check_model(plan, model)
     return [run_attractor(m, prompt, plan, max_tokens, criterion, threshold, embedder) for m in models]
+
+
+RUN_COLUMNS = [
+    "model",
+    "kind",
+    "label",
+    "position",
+    "inserted",
+    "continuation",
+    "reconverged",
+    "reconvergence_tokens",
+    "reconvergence_chars",
+    "divergent_confidence",
+    "last_sentence_equal",
+    "edit_similarity",
+    "converged",
+    "embedding_cosine",
+]
+
+
+@dataclass
+class AttractorResults(NotebookResult):
+    """Every model's attractor experiment on one prompt, as `attractor` returns it.
+
+    Iterate over it (or index it by position or model name) for each model's `AttractorResult`.
+    """
+
+    prompt: str  # the prompt's text (a chat prompt's user message)
+    results: list[AttractorResult]
+
+    frame_height: ClassVar[int] = 720
+
+    def __iter__(self) -> Iterator[AttractorResult]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, key: int | str) -> AttractorResult:
+        if isinstance(key, int):
+            return self.results[key]
+        for result in self.results:
+            if result.model == key:
+                return result
+        raise KeyError(f"no model {key!r} here; the models are {', '.join(r.model for r in self.results)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CLI's --json: the prompt, and per model its mainline, aggregates and every run."""
+        return {"prompt": self.prompt, "models": [r.to_dict() for r in self.results]}
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per (model, perturbation), columns as in `RUN_COLUMNS`: the perturbation (kind, label, mainline
+        token `position`, `inserted` text), the greedy `continuation` after it, whether and after how many
+        tokens / characters it rejoins the mainline (`reconvergence_tokens` is missing when it never does), the
+        mean probability of its tokens before rejoining (`divergent_confidence`), and the ending measures
+        (`last_sentence_equal`, `edit_similarity` in [0, 1], `converged`, `embedding_cosine`)."""
+        import pandas as pd
+
+        rows = [
+            {"model": result.model, "reconverged": run.reconverged} | run_dict
+            for result in self.results
+            for run, run_dict in zip(result.runs, result.to_dict()["runs"], strict=True)
+        ]
+        frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
+        # whole token and character counts, missing where the continuation never rejoins
+        return frame.astype({"reconvergence_tokens": "Int64", "reconvergence_chars": "Int64"})
+
+    def to_html(self) -> str:
+        """The page `modescope attractor --html` writes: per model, the mainline and every perturbed row."""
+        from modescope.viz.attractor_html import attractor_page
+
+        return attractor_page(self.results, self.prompt)
+
+    def plot(self) -> Figure:
+        """Basin share per model (bars) and tokens to reconvergence per model (strip + box)."""
+        from modescope.viz.attractor_plot import attractor_figure
+        from modescope.viz.figures import detached
+
+        return detached(attractor_figure(self.results))
+
+
+def attractor(
+    models: Backend | str | Sequence[Backend | str],
+    prompt: str | ChatPrompt,
+    *,
+    edits: Sequence[str | Edit] | str | Edit = (),
+    swap_positions: int = 5,
+    positions: Sequence[int] | int | None = None,
+    alternatives: int = 3,
+    detours: Sequence[int] | int = (),
+    detour_tokens: int = 3,
+    max_tokens: int = 48,
+    ending: Criterion = "sentence",
+    threshold: float = 0.9,
+    seed: int = 0,
+    embedder: Any = None,
+) -> AttractorResults:
+    """Perturb each model's greedy completion, regenerate greedily, and measure whether it comes back.
+
+    The mainline is the temperature-0 completion of `max_tokens` tokens. Each perturbation (a text edit, a swap
+    to the k-th likeliest token, a short sampled detour) is continued greedily, all of a model's in one batch.
+    A continuation rejoins when its text becomes word for word the mainline's again; the basin share is the
+    fraction of perturbations that rejoin (a probability), the distance the tokens it takes to rejoin.
+
+    Args:
+        models: One model or a list: loaded models (`ms.load`) or names to load (a preset such as
+            "gemma-3-270m", a folder, a .gguf file, a cached HF id, NAME@URL).
+        prompt: The text to complete, or a `ChatPrompt` for a chat model.
+        edits: Text edits of the mainline, each "I:J:TEXT" (or an `Edit`): characters I..J replaced by TEXT.
+        swap_positions: Evenly spaced mainline positions (tokens) for swaps; 0 for none.
+        positions: Swap at these mainline token indices instead.
+        alternatives: Swap in the k-th likeliest token for k = 2..alternatives at each swap position.
+        detours: Mainline token indices where a short sampled detour is inserted.
+        detour_tokens: Tokens sampled per detour.
+        max_tokens: Length of the mainline, in tokens (at least 2).
+        ending: When an ending counts as converged: "sentence" (equal last sentences), "edit" (their edit
+            similarity reaches `threshold`) or "embedding" (their embedding cosine reaches `threshold`).
+        threshold: Similarity threshold in [0, 1] for `ending` "edit" or "embedding".
+        seed: Seed of the sampled detours.
+        embedder: A sentence-transformers model for `ending="embedding"` (default all-MiniLM-L6-v2).
+
+    Returns:
+        An `AttractorResults`: per model the mainline and every perturbed run (rejoined after how many tokens
+        and characters, the mean probability of its divergent tokens, ending measures), and the basin share,
+        ending share (probabilities) and median distance (tokens).
+
+    Example:
+        >>> import modescope as ms
+        >>> result = ms.attractor(["gemma-3-270m", "smollm2-135m-instruct"], "Q: Are bugs real?\nA:")
+        >>> result.to_pandas().groupby("model")["reconverged"].mean()
+    """
+    from modescope.models import backends as resolve
+
+    if not isinstance(prompt, str | ChatPrompt):
+        raise ModescopeError(
+            "attractor takes one prompt (text or a ChatPrompt); for a list of prompts use "
+            "ms.over_prompts('attractor', models, prompts)"
+        )
+    if isinstance(edits, str | Edit):  # one edit given bare, not in a list: not its characters one by one
+        edits = [edits]
+    plan = AttractorPlan(
+        edits=[e if isinstance(e, Edit) else Edit.parse(e) for e in edits],
+        swap_positions=swap_positions,
+        positions=_indices(positions, "positions") if positions is not None else None,
+        alternatives=alternatives,
+        detour_positions=_indices(detours, "detours"),
+        detour_tokens=detour_tokens,
+        seed=seed,
+    )
+    _check_settings(plan, max_tokens, ending)  # before any model loads
+    loaded = resolve(models)
+    results = attractor_experiment(loaded, prompt, plan, max_tokens, ending, threshold, embedder)
+    return AttractorResults(prompt if isinstance(prompt, str) else prompt.user, results)
+
+
+def _indices(values: Sequence[int] | int, what: str) -> list[int]:
+    """Token indices given as a list (or one bare int), checked to be whole numbers."""
+    items = [values] if isinstance(values, int) else list(values)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+        raise ModescopeError(f"{what} are mainline token indices (whole numbers), not {values!r}")
+    return items

@@ -28,12 +28,13 @@ import torch
 from modescope import metrics
 from modescope.engine.tree import Child, ExpansionStats, Node, PrefixTree
 from modescope.errors import ModescopeError
-from modescope.jsonsafe import finite_json
 from modescope.models.base import Answer, Backend, ChatPrompt, partial_distributions
 from modescope.models.vocab import Vocabulary, starts_with_boundary
+from modescope.results import NotebookResult
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
 LeadingSpace = Literal["optional", "required", "none"]
 Tokenizations = Literal["all", "canonical"]
@@ -264,8 +265,14 @@ class Comparison:
 
 
 @dataclass
-class DistributionResult:
-    """Every model's distribution over one candidate set, and each pair's divergences."""
+class DistributionResult(NotebookResult):
+    """Every model's distribution over one candidate set, and each pair's divergences.
+
+    In a notebook it shows the bars, each model's summary and the divergences; `to_pandas()` is one row per
+    (model, outcome), `to_pandas(wide=True)` one row per candidate with a probability column per model.
+    """
+
+    frame_height = 760
 
     prompt: str
     candidates: list[str]
@@ -294,22 +301,39 @@ class DistributionResult:
             "comparisons": [asdict(c) for c in self.comparisons],
         }
 
-    def to_json(self) -> str:
-        """`to_dict` as strict JSON: a value that is not a finite number (a Spearman correlation of a constant
-        distribution, say) is written as null."""
-        return finite_json(self.to_dict())
+    def to_pandas(self, wide: bool = False) -> pd.DataFrame:
+        """One row per (model, outcome): model, text, mass (absolute probability after the prompt; the lower
+        bound when bounded), mass_upper, prob (probability within the candidate set).
 
-    def to_pandas(self) -> pd.DataFrame:
-        """One row per (model, outcome): model, text, mass (lower bound when bounded), mass_upper, prob."""
+        With `wide=True`: one row per candidate (index `text`, in candidate order) and one column per model
+        holding its probability within the set."""
         import pandas as pd
 
-        return pd.DataFrame(
+        long = pd.DataFrame(
             [
                 {"model": r.model, "text": o.text, "mass": o.mass, "mass_upper": o.mass_upper, "prob": o.prob}
                 for r in self.results
                 for o in r.outcomes
-            ]
+            ],
+            columns=["model", "text", "mass", "mass_upper", "prob"],
         )
+        if not wide:
+            return long
+        table = long.pivot(index="text", columns="model", values="prob")
+        return table.reindex(index=[o.text for o in self.results[0].outcomes], columns=[r.model for r in self.results])
+
+    def plot(self) -> Figure:
+        """Grouped bars of each model's probability within the candidate set (a matplotlib Figure)."""
+        from modescope.viz.distribution_plot import distribution_figure
+        from modescope.viz.figures import detached
+
+        return detached(distribution_figure(self))
+
+    def to_html(self) -> str:
+        """A self-contained page: the bars, each model's summary, the divergences and the full table."""
+        from modescope.viz.distribution_html import distribution_page
+
+        return distribution_page(self)
 
     def result(self, model: str) -> ModelDistribution:
         return next(r for r in self.results if r.model == model)
@@ -755,7 +779,7 @@ def compare(a: ModelDistribution, b: ModelDistribution) -> Comparison:
 
 
 def distribution(
-    models: Backend | Sequence[Backend],
+    models: Backend | str | Sequence[Backend | str],
     prompt: str | ChatPrompt,
     candidates: Sequence[str],
     leading_space: LeadingSpace = "optional",
@@ -764,24 +788,45 @@ def distribution(
     progress: Callable[[str, int, int], None] | None = None,
     temperature: float = 1.0,
 ) -> DistributionResult:
-    """Exact distribution of each model over `candidates` after `prompt`, and pairwise divergences.
+    """Exact probability of every answer in a candidate set after a prompt, for each model, and divergences.
 
-    `progress(model, done, total)` reports tree nodes forwarded per model. A list of prompts gives a
-    `PromptSetResult` instead: every prompt's distributions and the aggregates over the prompts.
+    Every way the tokenizer can spell each answer is summed (a prefix tree of spellings is expanded with
+    batched forward passes), so the masses are exact, not sampled. An answer counts when it ends at a word
+    boundary (what follows cannot extend it, e.g. "4" is not the start of "42").
+
+    Args:
+        models: One model or a list: loaded models (`ms.load`) or names to load (a preset such as
+            "gemma-3-270m", a folder, a .gguf file, a cached HF id, NAME@URL).
+        prompt: The text before the answer, or a `ChatPrompt` for a chat model. A list of prompts gives a
+            `PromptSetResult` instead: every prompt's distributions and the aggregates over the prompts.
+        candidates: The answer set, e.g. `ms.integers(0, 100)` or `ms.choices("red", "blue")`.
+        leading_space: "optional" counts " 42" and "42", "required" only " 42", "none" only "42".
+        tokenizations: "all" sums every spelling; "canonical" only the tokenizer's own.
+        batch_size: Tree nodes per forward pass.
+        progress: `progress(model, done, total)` is called as tree nodes are forwarded.
+        temperature: Per-token temperature applied at every step of every spelling (1 leaves the model as is).
+
+    Returns:
+        A `DistributionResult`: per model each answer's absolute mass (probability after the prompt) and its
+        probability within the set, the set's coverage, entropy (bits), top answer; per pair of models the KL
+        divergences and Jensen-Shannon divergence (bits) and total variation.
+
+    Example:
+        >>> import modescope as ms
+        >>> result = ms.distribution(["gemma-3-270m", "smollm2-135m-instruct"],
+        ...                          "A random number between 0 and 100:", ms.integers(0, 100))
+        >>> result.to_pandas(wide=True).head()
     """
+    from modescope.models import backends as resolve
+
+    loaded = resolve(models)  # names are loaded; duplicates refused
     if isinstance(prompt, list | tuple):
         from modescope.probes.prompt_set import over_prompts
 
         settings = {"choices": list(candidates), "leading_space": leading_space, "tokenizations": tokenizations}
-        return over_prompts("distribution", models, prompt, temperature=temperature, **settings)  # type: ignore[return-value]
-    backends = [models] if isinstance(models, Backend) else list(models)
-    if not backends:
-        raise ModescopeError("no model given; name at least one model")
-    names = [b.name for b in backends]
-    if len(set(names)) != len(names):
-        raise ModescopeError(f"a model is listed twice ({', '.join(names)}); name each model once")
+        return over_prompts("distribution", loaded, prompt, temperature=temperature, **settings)  # type: ignore[return-value]
     results = []
-    for backend in backends:
+    for backend in loaded:
         report = (lambda done, total, name=backend.name: progress(name, done, total)) if progress else None
         results.append(
             outcome_distribution(

@@ -20,13 +20,18 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from modescope.engine.decode import Continuation, generate, generate_many
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend
+from modescope.models.base import Backend, ChatPrompt
+from modescope.results import NotebookResult
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 NO_MATCH = "(no match)"
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
@@ -96,6 +101,22 @@ def _compile(outcome_regex: str | None) -> re.Pattern[str] | None:
         raise ModescopeError(f"the outcome regex {outcome_regex!r} is invalid: {exc}") from None
 
 
+def _check_settings(samples: int, threshold: float, max_alternatives: int, max_tokens: int) -> None:
+    """What can be checked before any model is loaded or runs."""
+    if samples < 1:
+        raise ModescopeError(f"samples must be at least 1 (got {samples})")
+    if not (0.0 < threshold <= 1.0):
+        raise ModescopeError(f"threshold must be a probability in (0, 1] (got {threshold})")
+    if max_alternatives < 1:
+        raise ModescopeError(f"max alternatives must be at least 1 (got {max_alternatives})")
+    if max_tokens < 1:
+        raise ModescopeError(f"max tokens must be at least 1 (got {max_tokens})")
+
+
+def _check_model(backend: Backend) -> None:
+    backend.capabilities.require("a forking-tokens experiment (it continues each alternative)", backend.name, "top-k")
+
+
 def _distribution(outcomes: Sequence[str]) -> dict[str, float]:
     counts = Counter(outcomes)
     return {k: v / len(outcomes) for k, v in counts.items()}
@@ -122,13 +143,8 @@ def forking_tokens(
     alternative, its continuation), so outcomes at different positions are comparable; see `outcome_of`.
     End-of-sequence alternatives are not continued: their outcome is that of the text so far.
     """
-    if samples < 1:
-        raise ModescopeError(f"samples must be at least 1 (got {samples})")
-    if not (0.0 < threshold <= 1.0):
-        raise ModescopeError(f"threshold must be a probability in (0, 1] (got {threshold})")
-    if max_alternatives < 1:
-        raise ModescopeError(f"max alternatives must be at least 1 (got {max_alternatives})")
-    backend.capabilities.require("a forking-tokens experiment (it continues each alternative)", backend.name, "top-k")
+    _check_settings(samples, threshold, max_alternatives, max_tokens)
+    _check_model(backend)
     pattern = _compile(outcome_regex)
 
     mainline = generate(
@@ -184,3 +200,172 @@ def forking_tokens(
 
 def _text(continuation: Continuation, length: int) -> str:
     return "".join(r.text for r in continuation.tokens[:length] if not r.special)
+
+
+FORK_COLUMNS = [
+    "model",
+    "position",
+    "token",
+    "change_score",
+    "alternative",
+    "alternative_id",
+    "is_mainline",
+    "probability",
+    "weight",
+    "top_outcome",
+    "top_outcome_probability",
+    "outcomes",
+]
+
+
+def _top_outcome(outcomes: dict[str, float]) -> tuple[str | None, float]:
+    """The likeliest outcome and its probability (ties: the alphabetically first); (None, NaN) when empty."""
+    if not outcomes:
+        return None, float("nan")
+    return min(outcomes.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+@dataclass
+class ForksResult(NotebookResult):
+    """Every model's forking-tokens analysis of one prompt, as `forks` returns it.
+
+    Index it by model name for that model's `ForkResult` (its mainline, and per position the alternatives
+    tried, the outcome distribution and the change score); iterating gives the model names.
+    """
+
+    prompt: str  # the prompt's text (a chat prompt's user message)
+    results: dict[str, ForkResult]  # model name -> its analysis
+
+    frame_height: ClassVar[int] = 640
+
+    def __getitem__(self, model: str) -> ForkResult:
+        if model not in self.results:
+            raise KeyError(f"no model {model!r} here; the models are {', '.join(self.results)}")
+        return self.results[model]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The CLI's --json: the prompt, and per model name its mainline and every position's outcomes."""
+        return {"prompt": self.prompt, "models": {name: r.to_dict() for name, r in self.results.items()}}
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per (model, mainline position, alternative token tried there), columns as in `FORK_COLUMNS`:
+        the mainline `position` and `token`, the position's `change_score` (total variation between the outcome
+        distributions at this position and the previous one, in [0, 1]), the `alternative` token (text and id;
+        `is_mainline` for the mainline's own), its raw `probability` and its `weight` in the position's outcome
+        distribution (the probability renormalized over the alternatives tried), and the outcomes of its sampled
+        continuations: the likeliest (`top_outcome`, `top_outcome_probability`) and all (`outcomes`: outcome ->
+        probability)."""
+        import pandas as pd
+
+        rows = []
+        for model, result in self.results.items():
+            for position in result.positions:
+                total = math.fsum(alt.probability for alt in position.alternatives)
+                for k, alt in enumerate(position.alternatives):
+                    top, top_probability = _top_outcome(alt.outcomes)
+                    rows.append(
+                        {
+                            "model": model,
+                            "position": position.position,
+                            "token": position.token,
+                            "change_score": position.change_score,
+                            "alternative": alt.text,
+                            "alternative_id": alt.id,
+                            "is_mainline": k == 0,  # forking_tokens tries the mainline token first
+                            "probability": alt.probability,
+                            "weight": alt.probability / total if total > 0 else float("nan"),
+                            "top_outcome": top,
+                            "top_outcome_probability": top_probability,
+                            "outcomes": dict(alt.outcomes),
+                        }
+                    )
+        return pd.DataFrame(rows, columns=FORK_COLUMNS)
+
+    def to_html(self) -> str:
+        """The page `modescope forks --html` writes: each mainline token shaded by its change score, and the
+        outcomes per position."""
+        from modescope.viz.forks_html import forks_page
+
+        return forks_page(self.results, self.prompt)
+
+    def plot(self) -> Figure:
+        """The change score (total variation) at every mainline position, one line per model, the largest marked."""
+        from modescope.viz.figures import detached
+        from modescope.viz.forks_plot import forks_figure
+
+        return detached(forks_figure(self.results))
+
+
+def forks(
+    models: Backend | str | Sequence[Backend | str],
+    prompt: str | ChatPrompt,
+    *,
+    samples: int = 8,
+    threshold: float = 0.05,
+    max_alternatives: int = 4,
+    max_tokens: int = 32,
+    outcome_regex: str | None = None,
+    seed: int = 0,
+) -> ForksResult:
+    """Forking tokens: where along each model's greedy completion its final outcome gets decided.
+
+    At every position of the greedy mainline, the mainline token and its likeliest alternatives are each
+    continued by sampling; every finished text maps to an outcome (a regex capture, or the last sentence). The
+    outcome distribution at a position weighs the alternatives by their probability; its change score is the
+    total variation distance (in [0, 1]) from the previous position's. A jump marks a forking token (after
+    Bigelow et al. 2024).
+
+    Args:
+        models: One model or a list: loaded models (`ms.load`) or names to load (a preset such as
+            "gemma-3-270m", a folder, a .gguf file, a cached HF id, NAME@URL).
+        prompt: The text to complete, or a `ChatPrompt` for a chat model.
+        samples: Continuations sampled (at temperature 1) per alternative token.
+        threshold: Alternatives with at least this probability are followed (a probability in (0, 1]).
+        max_alternatives: Tokens tried per position, the mainline token included.
+        max_tokens: Length of the mainline, in tokens.
+        outcome_regex: The outcome is this regex's group 1 (or whole match) in the finished text; by default the
+            last sentence.
+        seed: Random seed of the sampled continuations.
+
+    Returns:
+        A `ForksResult`: per model the mainline and, per position, the alternatives tried (their probabilities
+        and outcome distributions), the outcome distribution and the change score (total variation).
+
+    Example:
+        >>> import modescope as ms
+        >>> result = ms.forks("smollm2-135m-instruct", "Q: Is 91 prime? Answer yes or no.\nA:",
+        ...                   outcome_regex=r"(yes|no)")
+        >>> result.to_pandas().sort_values("change_score", ascending=False).head()
+    """
+    from modescope.models import backends as resolve
+
+    if not isinstance(prompt, str | ChatPrompt):
+        raise ModescopeError(
+            "forks takes one prompt (text or a ChatPrompt); for a list of prompts use "
+            "ms.over_prompts('forks', models, prompts)"
+        )
+    _check_settings(samples, threshold, max_alternatives, max_tokens)  # before any model loads
+    _compile(outcome_regex)
+    loaded = resolve(models)
+    for backend in loaded:  # refuse a model that cannot run this before the first one spends time
+        _check_model(backend)
+    results = {
+        backend.name: forking_tokens(
+            backend,
+            backend.prompt_ids(prompt),
+            max_tokens=max_tokens,
+            samples=samples,
+            threshold=threshold,
+            max_alternatives=max_alternatives,
+            seed=seed,
+            outcome_regex=outcome_regex,
+        )
+        for backend in loaded
+    }
+    return ForksResult(prompt if isinstance(prompt, str) else prompt.user, results)

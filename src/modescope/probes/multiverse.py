@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,11 @@ import torch
 from modescope.errors import ModescopeError
 from modescope.jsonsafe import finite
 from modescope.models.base import Backend, ChatPrompt, Rows, partial_distributions
+from modescope.results import NotebookResult
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 SPELLING_SHARE = 0.01  # spellings of a merged node holding less of its mass are not continued
 EOS_KEY = "\x00eos"
@@ -226,8 +231,10 @@ class View:
 
 
 @dataclass
-class Multiverse:
+class Multiverse(NotebookResult):
     """The expanded tree of one or more models below one prompt (and optional prefix)."""
+
+    frame_height = 980
 
     models: list[str]
     prompt: str
@@ -362,6 +369,45 @@ class Multiverse:
     def to_json(self) -> str:
         """Strict JSON; an entropy a top-k server left unknown (NaN) is written as null."""
         return json.dumps(finite(self.to_dict()), ensure_ascii=False, allow_nan=False)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per (node, model) where the model has the node: model, depth, path (the text from the
+        prompt to the node, as that model spells it most likely), text (the node's step), prob (probability of
+        the step given its parent), joint (probability of the whole path), entropy_bits (of the next step;
+        NaN where a server did not show it), eos (the step ends the text)."""
+        import pandas as pd
+
+        rows = [
+            {
+                "model": name,
+                "depth": node.depth,
+                "path": node.path_text(m),
+                "text": value.text or node.text,
+                "prob": value.prob,
+                "joint": value.joint,
+                "entropy_bits": value.entropy_bits,
+                "eos": node.eos,
+            }
+            for node in self.nodes()
+            for m, name in enumerate(self.models)
+            if (value := node.values[m]) is not None
+        ]
+        columns = ["model", "depth", "path", "text", "prob", "joint", "entropy_bits", "eos"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def plot(self, view: View | None = None) -> Figure:
+        """The static block multiverse (a matplotlib Figure): one panel per model and, with two or more, a
+        panel coloured by log2(p_second / p_first); with `view` (see `view()`), renormalized to that node."""
+        from modescope.viz.figures import detached
+        from modescope.viz.multiverse_plot import multiverse_figure
+
+        return detached(multiverse_figure(self, view))
+
+    def to_html(self) -> str:
+        """The interactive page: click a block to zoom into it, tabs per model and for the difference."""
+        from modescope.viz.multiverse_html import multiverse_html
+
+        return multiverse_html(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Multiverse:
@@ -663,7 +709,7 @@ def _cache_key(identities: Sequence[str], roots: Sequence[Sequence[int]], option
 
 
 def multiverse(
-    backends: Backend | Sequence[Backend],
+    models: Backend | str | Sequence[Backend | str],
     prompt: str | ChatPrompt,
     *,
     prefix: str = "",
@@ -678,32 +724,56 @@ def multiverse(
     cache: bool = True,
     progress: Progress | None = None,
 ) -> Multiverse:
-    """Expand the block multiverse of one or more models below `prompt` (then `prefix`, a branch).
+    """Expand the block multiverse of one or more models below a prompt: every continuation, step by step
+    (a step is a token, or tokens merged into whitespace-delimited text), with its exact probability.
 
-    `cutoff` is the joint probability (relative to the root) a node needs to be listed and expanded;
-    `depth` the deepest step; `max_nodes` the most nodes in the tree. `prefix_paths` gives each model's
-    branch as token ids instead of `prefix` text. Expansions are cached in memory by (models, prompt,
-    prefix, options), and on disk under `cache_dir` for models with a weights fingerprint; `cache=False`
-    always expands afresh (and stores nothing).
+    Nodes are expanded best first (most probable first, all models batched) until `depth` or `max_nodes`;
+    a node is listed and expanded only when its joint probability reaches `cutoff` in some model. With two
+    models the union tree carries both models' probabilities, so the view shows where post-training moved
+    mass (log2 ratio, bits).
+
+    Args:
+        models: One model or a list: loaded models (`ms.load`) or names to load.
+        prompt: The text to continue, or a `ChatPrompt` for a chat model.
+        prefix: A branch: text appended to the prompt that the tree starts from.
+        depth: The deepest step.
+        cutoff: Joint probability (relative to the root) a node needs to be listed and expanded.
+        max_nodes: The most nodes in the tree; the expansion stops there (and says so in `notices`).
+        merge: Merge steps that differ only in whitespace, and tokens into words.
+        stop_at_eos: Do not expand below an end-of-sequence token.
+        batch_size: Nodes per forward pass.
+        prefix_paths: Each model's branch as token ids, instead of `prefix` text.
+        cache_dir: Also cache expansions on disk here (models with a weights fingerprint only).
+        cache: False always expands afresh and stores nothing (expansions are cached in memory by models,
+            prompt, prefix and options).
+        progress: `progress(count)` is called with the nodes forwarded by each batch.
+
+    Returns:
+        A `Multiverse`: the tree, with per node and model the step probability, joint probability and the
+        entropy (bits) of the next step. In a notebook it shows the interactive multiverse (click a block to
+        zoom, tabs per model); `plot()` draws the static block figure; `to_pandas()` lists the nodes.
+
+    Example:
+        >>> import modescope as ms
+        >>> tree = ms.multiverse(["gemma-3-270m", "smollm2-135m-instruct"], "Are bugs real?", depth=4)
+        >>> tree.to_pandas().sort_values("joint", ascending=False).head()
     """
-    models = [backends] if isinstance(backends, Backend) else list(backends)
-    if not models:
-        raise ModescopeError("give at least one model")
-    if len({b.name for b in models}) != len(models):
-        raise ModescopeError("a model is listed twice; name each model once")
+    from modescope.models import backends
+
+    loaded = backends(models)  # names are loaded; duplicates refused
     options = ExpansionOptions(depth, cutoff, max_nodes, merge, stop_at_eos)
     options.check()
     if prefix_paths is None:
-        prefix_paths = [prefix_ids(b, prefix) for b in models]
-    roots = [[*b.prompt_ids(prompt), *p] for b, p in zip(models, prefix_paths, strict=True)]
+        prefix_paths = [prefix_ids(b, prefix) for b in loaded]
+    roots = [[*b.prompt_ids(prompt), *p] for b, p in zip(loaded, prefix_paths, strict=True)]
     prompt_text = prompt if isinstance(prompt, str) else prompt.user
 
-    memory_key = _cache_key([f"{b.name}@{id(b)}" for b in models], roots, options)
+    memory_key = _cache_key([f"{b.name}@{id(b)}" for b in loaded], roots, options)
     hit = _MEMORY.get(memory_key) if cache else None
-    if hit is not None and all(ref() is b for ref, b in zip(hit[0], models, strict=True)):
+    if hit is not None and all(ref() is b for ref, b in zip(hit[0], loaded, strict=True)):
         _MEMORY.move_to_end(memory_key)
         return hit[1]
-    fingerprints = [b.fingerprint() for b in models] if cache and cache_dir is not None else []
+    fingerprints = [b.fingerprint() for b in loaded] if cache and cache_dir is not None else []
     disk_file = None
     if cache_dir is not None and fingerprints and all(fingerprints):
         disk_file = cache_dir / f"{_cache_key([f or '' for f in fingerprints], roots, options)}.json"
@@ -714,18 +784,18 @@ def multiverse(
                 found = None  # a damaged cache file is recomputed and overwritten
             if found is not None:
                 found.cached = True
-                _remember(memory_key, models, found)
+                _remember(memory_key, loaded, found)
                 return found
 
-    for b in models:
+    for b in loaded:
         b.capabilities.require("a block multiverse", b.name, "top-k")
     started = time.perf_counter()
     with ExitStack() as stack:  # a top-k server shows only its k best children: the rest stays unexpanded
-        partial = [stack.enter_context(partial_distributions(b)) for b in models]
-        expander = _Expander(models, options, batch_size, partial)
+        partial = [stack.enter_context(partial_distributions(b)) for b in loaded]
+        expander = _Expander(loaded, options, batch_size, partial)
         root = expander.run(roots, progress)
     result = Multiverse(
-        [b.name for b in models],
+        [b.name for b in loaded],
         prompt_text,
         prefix,
         depth,
@@ -736,7 +806,7 @@ def multiverse(
         nodes_expanded=expander.forwarded,
         seconds=time.perf_counter() - started,
         prefix_paths=[list(p) for p in prefix_paths],
-        capabilities={b.name: b.capabilities.metadata() for b in models},
+        capabilities={b.name: b.capabilities.metadata() for b in loaded},
     )
     if expander.truncated:
         result.truncated = True
@@ -746,14 +816,14 @@ def multiverse(
             f"exceed it; {left} more nodes above the cutoff were not expanded (their mass is in the grey "
             "'unexpanded' blocks). Raise --max-nodes or the cutoff."
         )
-    for b, shown_only in zip(models, partial, strict=True):
+    for b, shown_only in zip(loaded, partial, strict=True):
         if shown_only:
             result.notices.append(
                 f"{b.name} shows only its top {b.capabilities.top_k} tokens per step: children below them count "
                 "as unexpanded mass (grey), and its entropies are not shown"
             )
     if cache:
-        _remember(memory_key, models, result)
+        _remember(memory_key, loaded, result)
     if disk_file is not None:
         disk_file.parent.mkdir(parents=True, exist_ok=True)
         staging = disk_file.with_suffix(".tmp")

@@ -165,6 +165,7 @@ def parse_verbalized(text: str, k: int, truncated: bool = False) -> VerbalizedPa
     text, and runs in time linear in its length.
 
     Accepted, besides the prompt's `1. (probability 0.30) text`:
+
     - items numbered `1.`, `1)`, `(1)`, `#1`, `1:`, `Response 1:`, or bulleted (`-`, `*`, `•`, `+`), or not
       marked at all when the line carries a keyword or bracketed probability (a bare number on an unmarked
       line is chatter: "80% of people pick blue."); numbered items run together on one line

@@ -428,6 +428,26 @@ class Store:
         frame["value"] = frame["value"].astype("float64")  # None -> NaN, and float even when all are missing
         return frame
 
+    # In a notebook
+
+    def to_pandas(self, run_id: int | None = None) -> pd.DataFrame:
+        """`metrics(run_id)`: every metric in long format, of one run or (None) of all runs."""
+        return self.metrics(run_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The store's path and its runs (id, suite, status, times, models, probe count) as records."""
+        return {"path": str(self.path), "runs": _records(self.runs())}
+
+    def _repr_html_(self) -> str:
+        import html
+
+        runs = self.runs()
+        table = runs.to_html(index=False, escape=True, border=0) if len(runs) else "<p>No runs yet.</p>"
+        hint = (
+            "<code>ms.stored_run(store, id)</code> shows a run's report; <code>store.to_pandas(id)</code> its metrics"
+        )
+        return f"<p><b>modescope store</b> {html.escape(str(self.path))}: {len(runs)} runs. {hint}.</p>{table}"
+
     def export(self, run_id: int, format: str, path: Path) -> Path:
         """Write the run's metrics table as parquet, csv or json (json also holds the run's header and every
         probe's params, payload and notes). A folder as path gets run-<id>.<format> inside. Returns the file."""

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import modescope
 from modescope import precision
 from modescope.errors import ModescopeError
 from modescope.models.safety import LoadPolicy
@@ -35,6 +34,7 @@ from modescope.suites.units import (
     UnitResult,
     split_batches,
 )
+from modescope.version import __version__
 
 if TYPE_CHECKING:
     from modescope.models.base import Backend
@@ -193,7 +193,7 @@ def _cache_key(item: PlannedProbe, identities: dict[str, str]) -> str:
     # the prompt keys are left out: the rendered prompt is in the key instead; so is `models`, a probe's models
     parameters = item.probe.model_dump(mode="json", exclude=PROMPT_KEYS)
     models = [[e.name, identities[e.name], _chat_settings(item.probe, e)] for e in item.models]
-    payload = json.dumps([modescope.__version__, parameters, item.prompt, models], sort_keys=True)
+    payload = json.dumps([__version__, parameters, item.prompt, models], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

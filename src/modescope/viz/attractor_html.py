@@ -13,12 +13,15 @@ import html
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from modescope.engine.decode import TokenRecord
-from modescope.probes.attractors import AttractorResult, PerturbedRun
 from modescope.viz.offline import offline_csp
 from modescope.viz.precision_html import capabilities_note
 from modescope.viz.tokens_html import STYLE, _token_span
+
+if TYPE_CHECKING:
+    from modescope.engine.decode import TokenRecord
+    from modescope.probes.attractors import AttractorResult, PerturbedRun
 
 ATTRACTOR_STYLE = """
 .model { margin-bottom: 1.6rem; }

@@ -5,19 +5,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from modescope.probes.attractors import AttractorResult
+from modescope.viz.figures import pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from modescope.probes.attractors import AttractorResult
 
 
-def plot_attractors(results: Sequence[AttractorResult], path: Path) -> Path:
-    """Write a PNG: basin share per model (bars) and reconvergence distances in tokens per model (strip + box)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def attractor_figure(results: Sequence[AttractorResult]) -> Figure:
+    """Basin share per model (bars) and reconvergence distances in tokens per model (strip + box)."""
     import numpy as np
     from matplotlib.ticker import MaxNLocator
 
+    plt = pyplot()
     models = [r.model for r in results]
     positions = np.arange(len(results))
     fig, (share_ax, dist_ax) = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(results) + 4.0), 3.8))
@@ -54,7 +57,13 @@ def plot_attractors(results: Sequence[AttractorResult], path: Path) -> Path:
     dist_ax.legend(fontsize=7, loc="upper right")
 
     fig.tight_layout()
+    return fig
+
+
+def plot_attractors(results: Sequence[AttractorResult], path: Path) -> Path:
+    """Write `attractor_figure` as a PNG."""
+    fig = attractor_figure(results)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    pyplot().close(fig)
     return path

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from modescope.remedies.stated import StatedVsReal
+if TYPE_CHECKING:
+    from modescope.remedies.stated import StatedVsReal
 
 
 def _rho(value: float, reason: str | None) -> str:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from modescope.probes.distribution import DistributionResult
-
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from modescope.probes.distribution import DistributionResult
 
 MAX_TICK_LABELS = 40
 NICE_STEPS = [k * 10**e for e in range(7) for k in (1, 2, 5)]  # tick every 1, 2, 5, 10, 20, 50, ... candidates
@@ -35,11 +35,9 @@ def distribution_figure(result: DistributionResult) -> Figure:
     A bounded model (behind a top-k server) gets error bars over the interval its share of the set can take
     given its outcomes' mass intervals, and its legend entry carries its bounds label.
     """
-    import matplotlib
+    from modescope.viz.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     count = len(result.candidates)
     models = len(result.results)
     width = 0.85 / models

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from modescope.probes.forks import ForkResult
 from modescope.viz.offline import offline_csp
 from modescope.viz.precision_html import capabilities_note
 from modescope.viz.tokens_html import STYLE
+
+if TYPE_CHECKING:
+    from modescope.probes.forks import ForkResult
 
 FORK_STYLE = """
 .fork { border-radius: 2px; }

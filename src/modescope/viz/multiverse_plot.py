@@ -15,9 +15,14 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from modescope.probes.multiverse import Multiverse, MultiverseNode, View
+from modescope.viz.figures import detached, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from modescope.probes.multiverse import Multiverse, MultiverseNode, View
 
 FONT_SIZE = 7.0
 CHAR_WIDTH = 0.61  # DejaVu Sans Mono advance, in font sizes
@@ -198,16 +203,22 @@ def _prompt_tail(tree: Multiverse, limit: int = 60) -> str:
 
 
 def plot_multiverse(tree: Multiverse, paths: list[Path], view: View | None = None) -> list[Path]:
-    """Write the figure to each path (format from the suffix: .svg, .png, .pdf); returns the paths.
+    """Write `multiverse_figure` to each path (format from the suffix: .svg, .png, .pdf); returns the paths."""
+    fig = multiverse_figure(tree, view)
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    detached(fig)
+    return paths
 
-    One panel per model; with two or more models a difference panel (second model vs first) below them.
-    With `view`, every panel is renormalized to that node.
-    """
+
+def multiverse_figure(tree: Multiverse, view: View | None = None) -> Figure:
+    """The block multiverse: one panel per model; with two or more models a difference panel (second model vs
+    first) below them. With `view`, every panel is renormalized to that node."""
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import TwoSlopeNorm
+
+    plt = pyplot()
 
     count = len(tree.models)
     top = view.node if view is not None else tree.root
@@ -245,8 +256,4 @@ def plot_multiverse(tree: Multiverse, paths: list[Path], view: View | None = Non
         box = ax.get_window_extent()
         _draw(ax, panel, top, depth, (box.width * 72 / fig.dpi / depth, box.height * 72 / fig.dpi))
     fig.set_layout_engine("none")  # blocks and labels must not move the panels measured above
-    for path in paths:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return paths
+    return fig

@@ -18,11 +18,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import modescope
 from modescope import precision
 from modescope.browser import HEADLESS_FLAGS, find_chromium
 from modescope.errors import ModescopeError
 from modescope.store import Metric, ProbeOutput, Store
+from modescope.version import __version__
+from modescope.viz.notebook import framed
 from modescope.viz.offline import offline_csp
 from modescope.viz.precision_html import precision_note, precision_tag
 
@@ -254,12 +255,8 @@ def _artifact(name: str, mime: str, data: bytes, kind: str) -> str:
         return f'<img class="figure" alt="{_e(name)}" src="data:{_e(mime)};base64,{encoded}">'
     if mime == "text/html":
         height = FRAME_HEIGHT.get(name, FRAME_HEIGHT.get(kind, 640))
-        page = data.decode("utf-8")
         # sandboxed: the page may run its own script but cannot reach the report or the network
-        return (
-            f'<iframe title="{_e(name)}" sandbox="allow-scripts" style="height:{height}px" '
-            f'srcdoc="{html.escape(page, quote=True)}"></iframe>'
-        )
+        return framed(data.decode("utf-8"), name, height)
     return f"<p class='meta'>{_e(name)} ({_e(mime)}, {len(data)} bytes) is not shown</p>"
 
 
@@ -381,7 +378,7 @@ def report_html(store: Store, run_id: int) -> str:
 <h1>modescope report · suite “{_e(run.suite)}” · run {run.id}</h1>
 <p class="meta">status {_e(run.status)} · started {utc_time(run.started)} · finished {utc_time(run.finished)} · {timing},
 {computed:.0f} s of model time ({sum(p["from_cache"] for p in probes)} of {len(probes)} probes from the cache) ·
-suite hash <code>{_e(run.suite_hash)}</code> (file {text_hash}) · modescope {_e(modescope.__version__)}</p>
+suite hash <code>{_e(run.suite_hash)}</code> (file {text_hash}) · modescope {_e(__version__)}</p>
 <table><tr><th>model</th><th>loaded as</th><th>prompts</th><th>precision</th></tr>{model_rows}</table>
 </header>
 <nav><h3>Probes</h3><ol>{toc}</ol></nav>

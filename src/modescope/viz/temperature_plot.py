@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from modescope.probes.temperature import TemperatureFit, TemperatureSweep
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from modescope.probes.temperature import TemperatureFit, TemperatureSweep
 
 TAU_TICKS = [0.25, 0.5, 1.0, 2.0, 4.0]
 SWEEP_METRICS = [
@@ -14,20 +18,52 @@ SWEEP_METRICS = [
     ("self_bleu", "self-BLEU"),
     ("equivalence_classes", "equivalence classes"),
 ]
+PANEL_SIZE = (4.2, 3.6)  # inches per panel
 
 
-def plot_temperature(sweep: TemperatureSweep, fits: Sequence[TemperatureFit], path: Path) -> Path:
-    """Write the sweep (top row) and, when there are fits, the divergence curves (bottom row) as a PNG."""
-    import matplotlib
+def temperature_figure(sweep: TemperatureSweep, fits: Sequence[TemperatureFit]) -> Figure:
+    """The sweep (top row) and, when there are fits, the divergence curves (bottom row, at most one per metric
+    panel)."""
+    from modescope.viz.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator, NullFormatter
+    rows, columns = (2 if fits else 1), len(SWEEP_METRICS)
+    size = (PANEL_SIZE[0] * columns, PANEL_SIZE[1] * rows)
+    fig, axes = pyplot().subplots(rows, columns, figsize=size, squeeze=False)
+    _draw_sweep(axes[0], sweep)
+    if fits:
+        _draw_fits(axes[1], fits)
+    fig.tight_layout()
+    return fig
 
-    rows = 2 if fits else 1
-    fig, axes = plt.subplots(rows, len(SWEEP_METRICS), figsize=(4.2 * len(SWEEP_METRICS), 3.6 * rows), squeeze=False)
+
+def sweep_figure(sweep: TemperatureSweep) -> Figure:
+    """One panel per metric (mean token entropy in bits, distinct-2, self-BLEU, equivalence classes) against
+    temperature, one line per model."""
+    from modescope.viz.figures import pyplot
+
+    size = (PANEL_SIZE[0] * len(SWEEP_METRICS), PANEL_SIZE[1])
+    fig, axes = pyplot().subplots(1, len(SWEEP_METRICS), figsize=size, squeeze=False)
+    _draw_sweep(axes[0], sweep)
+    fig.tight_layout()
+    return fig
+
+
+def fits_figure(fits: Sequence[TemperatureFit]) -> Figure:
+    """One panel per fit: the divergence (KL, bits) from the tempered model to its target against τ, τ* dashed."""
+    from modescope.viz.figures import pyplot
+
+    columns = max(1, len(fits))
+    fig, axes = pyplot().subplots(1, columns, figsize=(PANEL_SIZE[0] * columns, PANEL_SIZE[1]), squeeze=False)
+    _draw_fits(axes[0], fits)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_sweep(axes: Sequence[Any], sweep: TemperatureSweep) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     models = list(dict.fromkeys(p.model for p in sweep.points))
-    for ax, (metric, label) in zip(axes[0], SWEEP_METRICS, strict=True):
+    for ax, (metric, label) in zip(axes, SWEEP_METRICS, strict=True):
         for k, model in enumerate(models):
             ax.plot(sweep.temperatures, sweep.series(model, metric), marker="o", color=f"C{k}", label=model)
         ax.set_xlabel("temperature")
@@ -35,22 +71,33 @@ def plot_temperature(sweep: TemperatureSweep, fits: Sequence[TemperatureFit], pa
         if metric == "equivalence_classes":
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if fits:
-        for ax in axes[1][len(fits) :]:
-            ax.axis("off")
-        for ax, fit in zip(axes[1], fits, strict=False):
-            taus, values = zip(*fit.curve, strict=True)
-            ax.plot(taus, values, color="C3")
-            ax.axvline(fit.tau, color="k", linestyle="--", linewidth=1)
-            ax.set_xscale("log")
-            ax.set_xticks(TAU_TICKS, [f"{t:g}" for t in TAU_TICKS])
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel("τ applied to " + fit.source)
-            ax.set_ylabel("KL to " + fit.target + " (bits)", fontsize=8)
-            ax.set_title(f"{fit.form} level: τ* = {fit.tau:.2f}, explains {fit.explained:.0%}", fontsize=9)
-            ax.grid(alpha=0.3)
-    fig.tight_layout()
+    axes[0].legend(fontsize=8)
+
+
+def _draw_fits(axes: Sequence[Any], fits: Sequence[TemperatureFit]) -> None:
+    """Fits beyond the number of panels are left out; panels beyond the fits are blank."""
+    from matplotlib.ticker import NullFormatter
+
+    for ax in axes[len(fits) :]:
+        ax.axis("off")
+    for ax, fit in zip(axes, fits, strict=False):
+        taus, values = zip(*fit.curve, strict=True)
+        ax.plot(taus, values, color="C3")
+        ax.axvline(fit.tau, color="k", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xticks(TAU_TICKS, [f"{t:g}" for t in TAU_TICKS])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("τ applied to " + fit.source)
+        ax.set_ylabel("KL to " + fit.target + " (bits)", fontsize=8)
+        ax.set_title(f"{fit.form} level: τ* = {fit.tau:.2f}, explains {fit.explained:.0%}", fontsize=9)
+        ax.grid(alpha=0.3)
+
+
+def plot_temperature(sweep: TemperatureSweep, fits: Sequence[TemperatureFit], path: Path) -> Path:
+    """Write `temperature_figure` as a PNG; returns `path`."""
+    fig = temperature_figure(sweep, fits)  # selects the Agg backend before pyplot is imported here
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -10,11 +10,16 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from modescope.engine.decode import Continuation, TokenRecord
-from modescope.probes.sampling import SamplingResult
 from modescope.viz.offline import offline_csp
 from modescope.viz.precision_html import capabilities_note
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from modescope.engine.decode import Continuation, TokenRecord
+    from modescope.probes.sampling import SamplingResult
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1b1b1b; background: #fafafa; }
@@ -83,6 +88,26 @@ red unlikely); hover a token for the alternatives.</p>
 <div class="models" style="--models: {len(result.models)}">{"".join(columns)}</div>
 </body></html>
 """
+
+
+def probability_figure(result: SamplingResult) -> Figure:
+    """One panel per model: each token's probability under the raw model against its position, one line per
+    completion (NaN where a server gave no probabilities)."""
+    from modescope.viz.figures import pyplot
+
+    count = len(result.models)
+    fig, axes = pyplot().subplots(1, count, figsize=(5.0 * count, 3.4), squeeze=False, sharey=True)
+    for ax, model in zip(axes[0], result.models, strict=True):
+        for completion in model.completions:
+            probabilities = [math.exp(t.raw_logprob) for t in completion.tokens]
+            ax.plot(range(len(probabilities)), probabilities, color="C0", alpha=0.35, linewidth=1)
+        ax.set_title(model.model, fontsize=10)
+        ax.set_xlabel("token position")
+        ax.set_ylim(0.0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("probability under the raw model")
+    fig.tight_layout()
+    return fig
 
 
 def write_sampling_page(result: SamplingResult, path: Path) -> Path:

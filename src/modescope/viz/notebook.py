@@ -1,0 +1,37 @@
+"""Pages and figures inline in a notebook.
+
+A result's page (the same one the CLI writes) is shown in a sandboxed `<iframe srcdoc>`: its styles and
+script cannot leak into the notebook, and it runs with the offline policy of the page itself (nothing is
+fetched). Matplotlib figures become inline PNG images.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+FRAME_STYLE = "width: 100%; border: 1px solid #ddd; border-radius: 4px; background: #fafafa;"
+
+
+def framed(page: str, title: str, height: int) -> str:
+    """`page` in a sandboxed iframe `height` pixels high: it may run its own script, nothing else."""
+    return (
+        f'<iframe title="{html.escape(title, quote=True)}" sandbox="allow-scripts" '
+        f'style="{FRAME_STYLE} height: {height}px" srcdoc="{html.escape(page, quote=True)}"></iframe>'
+    )
+
+
+def figure_png(figure: Figure, alt: str) -> str:
+    """An `<img>` holding `figure` as a PNG data URL (the figure is closed: it is not shown twice)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{html.escape(alt, quote=True)}" src="data:image/png;base64,{encoded}">'
