@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import html
-import json
-import re
 from typing import Any
 
 import pytest
@@ -23,25 +21,12 @@ from modescope.probes.attractors import (
     attractor_experiment,
 )
 from modescope.probes.forks import FORK_COLUMNS, ForksResult, forking_tokens, forks
+from tests.inline import inline_page, strict_json
 from tests.unit.test_attractors import chain_model
 from tests.unit.test_forks import WORDS, DecidedAtSecondToken
 
 HOSTILE = "<script>alert(1)</script>"
 MISSING = "no/such-model"  # loading it would fail: a check that names the setting ran before any load
-
-
-def _strict(text: str) -> Any:
-    def refuse(constant: str) -> None:
-        raise AssertionError(f"non-strict JSON constant {constant}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def _srcdoc(frame: str) -> str:
-    assert re.search(r'<iframe [^>]*sandbox="allow-scripts"', frame)
-    match = re.search(r'srcdoc="([^"]*)"', frame)
-    assert match is not None
-    return html.unescape(match.group(1))
 
 
 def _toy(name: str) -> AnalyticBackend:
@@ -99,7 +84,7 @@ def test_attractor_table_has_one_row_per_model_and_perturbation(chains: Attracto
 
 
 def test_attractor_json_is_strict(chains: AttractorResults) -> None:
-    data = _strict(chains.to_json())
+    data = strict_json(chains.to_json())
     assert data["prompt"] == "Q"
     assert data["models"][1]["median_distance_tokens"] is None  # NaN: no run of "without" rejoins
 
@@ -109,7 +94,7 @@ def test_attractor_page_inline_is_the_cli_page_and_escapes_model_text() -> None:
 
     result = attractor(_toy("<b>toy</b>"), HOSTILE, edits=[f"0:0:{HOSTILE}"], swap_positions=1, max_tokens=6)
     assert result.to_html() == attractor_page(result.results, HOSTILE)
-    page = _srcdoc(result._repr_html_())
+    page = inline_page(result._repr_html_())
     assert page == result.to_html()
     assert "<script" not in page.lower() and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;b&gt;toy&lt;/b&gt;" in page
@@ -200,7 +185,7 @@ def test_forks_table_has_one_row_per_model_position_and_alternative(decided: For
 
 
 def test_forks_json_is_strict(decided: ForksResult) -> None:
-    data = _strict(decided.to_json())
+    data = strict_json(decided.to_json())
     assert data["prompt"] == "Once" and set(data["models"]) == {"analytic", "soft"}
     assert data["models"]["analytic"]["positions"][1]["outcomes"] == pytest.approx({"cat": 0.6, "dog": 0.4})
 
@@ -210,7 +195,7 @@ def test_forks_page_inline_is_the_cli_page_and_escapes_model_text() -> None:
 
     result = forks(_toy("<b>toy</b>"), HOSTILE, max_tokens=4, samples=2)
     assert result.to_html() == forks_page(result.results, HOSTILE)
-    page = _srcdoc(result._repr_html_())
+    page = inline_page(result._repr_html_())
     assert page == result.to_html()
     assert "<script" not in page.lower() and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;b&gt;toy&lt;/b&gt;" in page

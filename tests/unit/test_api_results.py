@@ -5,9 +5,7 @@ inline view: a sandboxed srcdoc iframe holding the page, with model and user tex
 
 from __future__ import annotations
 
-import html
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -15,18 +13,11 @@ from matplotlib.figure import Figure
 
 import modescope as ms
 from modescope.errors import ModescopeError
+from tests.inline import inline_page, strict_json
+from tests.unit.test_frontier import FixedEmbedder
 from tests.unit.test_suites import TOY_SUITE, write_suite
 
 HOSTILE = "Q: <script>alert(1)</script> a number?\nA:"
-
-
-def srcdoc(markup: str) -> str:
-    """The page inside the iframe of a `_repr_html_` (the iframe is sandboxed: scripts only, no same origin)."""
-    found = re.fullmatch(
-        r'<iframe title="[^"]*" sandbox="allow-scripts" style="[^"]*" srcdoc="([^"]*)"></iframe>', markup
-    )
-    assert found, markup[:200]
-    return html.unescape(found.group(1))
 
 
 def test_models_by_name_are_loaded_once_and_reused() -> None:
@@ -54,7 +45,7 @@ def test_distribution_by_name_matches_loaded_models_and_renders_inline() -> None
     assert len(long) == 42 and list(long.columns) == ["model", "text", "mass", "mass_upper", "prob"]
     assert json.loads(by_name.to_json())["results"][1]["model"] == "toy:api-b"
 
-    page = srcdoc(by_name._repr_html_())
+    page = inline_page(by_name._repr_html_())
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert page.count("<tr><td>&#x27;") == 21  # every answer has a row
     assert "data:image/png;base64," in page and "Content-Security-Policy" in page
@@ -69,7 +60,7 @@ def test_multiverse_table_page_and_figure() -> None:
     assert (table["depth"].between(1, 2)).all() and table["joint"].le(table["prob"] + 1e-12).all()
     first = table[(table["model"] == "toy:api-a") & (table["depth"] == 1)]
     assert first["joint"].sum() <= 1.0 + 1e-9 and (first["joint"] == first["prob"]).all()
-    page = srcdoc(tree._repr_html_())
+    page = inline_page(tree._repr_html_())
     assert 'id="multiverse-data"' in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert isinstance(tree.plot(), Figure)
     assert json.loads(tree.to_json())["models"] == ["toy:api-a", "toy:api-b"]
@@ -83,7 +74,7 @@ def test_run_suite_stores_the_run_and_shows_its_report(tmp_path: Path) -> None:
     metrics = run.to_pandas()
     assert set(metrics["probe"]) == {"ints", "talk", "tree"} and set(metrics["model"]) >= {"toy:base", "toy:tuned"}
     assert json.loads(run.to_json())["metrics"][0]["run"] == run.run_id
-    assert "<h1" in srcdoc(run._repr_html_())
+    assert "<h1" in inline_page(run._repr_html_())
 
     again = ms.run_suite(write_suite(tmp_path, TOY_SUITE), store=store_dir, progress=False)
     assert again.run_id != run.run_id and all(p["from_cache"] for p in again.probes)
@@ -98,3 +89,28 @@ def test_run_suite_stores_the_run_and_shows_its_report(tmp_path: Path) -> None:
 def test_run_suite_refuses_an_unknown_suite(tmp_path: Path) -> None:
     with pytest.raises(ModescopeError, match="no-such-suite"):
         ms.run_suite("no-such-suite", store=tmp_path / "s", progress=False)
+
+
+def test_a_prompt_set_result_shows_its_prompt_page() -> None:
+    prompts = ["Q: a number?\nA:", HOSTILE]
+    result = ms.distribution(["toy:api-a", "toy:api-b"], prompts, ms.integers(0, 9))
+    assert isinstance(result, ms.PromptSetResult)
+    data = strict_json(result.to_json())
+    assert data["kind"] == "distribution" and [p["text"] for p in data["prompts"]] == prompts
+    page = inline_page(result._repr_html_())
+    assert page == result.to_html() and "prompts" in page
+    assert "<script>alert(1)</script>" not in page
+    assert set(result.to_pandas()["model"]) == {"toy:api-a", "toy:api-b"}
+
+
+def test_a_frontier_result_has_a_figure_and_shows_its_page(tmp_path: Path) -> None:
+    embedder = FixedEmbedder()
+    front = ms.frontier(["toy:api-a"], ["Q: a number?\nA:"], ["temperature=0.5"], n=3, max_tokens=4, embedder=embedder)
+    table = front.to_pandas()
+    assert list(table["label"]) == ["direct", "temperature=0.5"]
+    assert strict_json(front.to_json())["models"] == ["toy:api-a"]
+    assert isinstance(front.plot(), Figure)
+    assert inline_page(front._repr_html_()) == front.to_html()
+    assert front.write_page(tmp_path / "f.html").read_text(encoding="utf-8") == front.to_html()
+    with pytest.raises(ModescopeError, match="at least one prompt"):
+        ms.frontier(["toy:api-a"], [], embedder=embedder)

@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 import html
-import json
 import math
-import re
 from typing import Any
 
 import numpy as np
@@ -27,6 +25,7 @@ from modescope.probes.temperature import (
 )
 from modescope.viz.temperature_plot import temperature_figure
 from modescope.viz.tokens_html import sampling_page
+from tests.inline import inline_page, strict_json
 
 MISSING = "no/such-model"  # loading it would fail: a check that names the setting ran before any load
 HOSTILE = "<script>alert(1)</script> a number?"
@@ -38,21 +37,6 @@ def fake_embedder(texts: list[str]) -> np.ndarray:
     """Bag-of-characters embeddings, L2-normalized: no embedding model is loaded."""
     vectors = np.array([[text.count(ch) for ch in "abcx .&12"] + [1.0] for text in texts], dtype=np.float64)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def strict(text: str) -> Any:
-    def refuse(constant: str) -> None:
-        raise AssertionError(f"non-strict JSON constant {constant}")
-
-    return json.loads(text, parse_constant=refuse)
-
-
-def srcdoc(markup: str) -> str:
-    """The page inside the sandboxed iframe of a `_repr_html_`."""
-    assert re.search(r'<iframe [^>]*sandbox="allow-scripts"', markup)
-    found = re.search(r'srcdoc="([^"]*)"', markup)
-    assert found is not None
-    return html.unescape(found.group(1))
 
 
 def without_seconds(result: SamplingResult) -> dict[str, Any]:
@@ -134,15 +118,17 @@ def _all(result: SamplingResult) -> list[Any]:
 
 
 def test_sample_json_is_strict_and_keeps_the_cli_shape(samples: SamplingResult) -> None:
-    assert strict(samples.to_json())["models"][0]["completions"][0]["text"] == samples.models[0].completions[0].text
+    assert (
+        strict_json(samples.to_json())["models"][0]["completions"][0]["text"] == samples.models[0].completions[0].text
+    )
     single = sample(AnalyticBackend(SAMPLE_TOKENS, name="one"), "x", n=1, max_tokens=3, embedder=fake_embedder)
     assert math.isnan(single.models[0].metrics["self_bleu"])  # one text: no pairs
-    assert strict(single.to_json())["models"][0]["metrics"]["self_bleu"] is None
+    assert strict_json(single.to_json())["models"][0]["metrics"]["self_bleu"] is None
 
 
 def test_sample_shows_the_cli_page_escaped_in_a_sandboxed_frame(samples: SamplingResult) -> None:
     assert any("<script>" in c.text for c in _all(samples)), "no completion holds the hostile token: change the seed"
-    page = srcdoc(samples._repr_html_())
+    page = inline_page(samples._repr_html_())
     assert page == samples.to_html() == sampling_page(samples)
     assert "<script" not in page.lower() and "&lt;script&gt;" in page
     assert page.count('class="completion"') == 12
@@ -214,11 +200,11 @@ def test_sweep_table_json_and_dict(sweep: Any) -> None:
     full = report_dict(sweep, [])
     del full["fits"]
     assert sweep.to_dict() == full
-    assert strict(sweep.to_json())["temperatures"] == [0.5, 1.5]
+    assert strict_json(sweep.to_json())["temperatures"] == [0.5, 1.5]
 
 
 def test_sweep_page_and_plot(sweep: Any) -> None:
-    page = srcdoc(sweep._repr_html_())
+    page = inline_page(sweep._repr_html_())
     assert page == sweep.to_html()
     assert "<script" not in page.lower() and html.escape(HOSTILE) in page
     assert "img-src data:" in page and 'src="data:image/png;base64,' in page
@@ -299,9 +285,9 @@ def test_fit_table_json_page_and_plot(fits: TemperatureFits) -> None:
     columns = ["form", "source", "target", "tau", "divergence_at_tau", "divergence_at_one", "explained"]
     assert list(table.columns) == columns and len(table) == 4
     assert table["explained"].tolist() == [f.explained for f in fits.fits]
-    data = strict(fits.to_json())
+    data = strict_json(fits.to_json())
     assert data["fits"][0]["curve"] and data["notices"] == []
-    page = srcdoc(fits._repr_html_())
+    page = inline_page(fits._repr_html_())
     assert page == fits.to_html()
     assert "<script" not in page.lower() and html.escape(HOSTILE) in page
     assert 'src="data:image/png;base64,' in page and page.count("<tr>") == 1 + 4

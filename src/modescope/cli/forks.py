@@ -22,8 +22,6 @@ from modescope.cli.common import (
     make_console,
     prepare_output,
     prompt_from_options,
-    prompt_text,
-    strict_json,
     user_errors,
 )
 from modescope.cli.prompt_sets import over_prompt_set, prompt_set_given, refuse_in_prompt_set
@@ -65,7 +63,7 @@ def forks(
     """Forking tokens: where along the greedy completion the final outcome gets decided."""
     with user_errors():
         from modescope.models import DEFAULT_MODELS
-        from modescope.probes.forks import forking_tokens
+        from modescope.probes.forks import forks
 
         set_args = (prompts_file, prompt, prompt_file, template, store_path, resume)
         if prompt_set_given(*set_args):
@@ -98,28 +96,24 @@ def forks(
         backends = load_models(
             model or list(DEFAULT_MODELS), device, dtype, console, tokenizer, max_concurrency, max_logprobs, policy
         )
-        reports, results = {}, {}
-        for backend in backends:
-            with console.status(f"{backend.name}: sampling from every alternative along the mainline"):
-                result = forking_tokens(
-                    backend,
-                    backend.prompt_ids(the_prompt),
-                    max_tokens=max_tokens,
-                    samples=samples,
-                    threshold=threshold,
-                    max_alternatives=max_alternatives,
-                    seed=seed,
-                    outcome_regex=outcome_regex,
-                )
-            reports[backend.name], results[backend.name] = result.to_dict(), result
-            _print_forks(backend.name, result, console, top)
+        with console.status("sampling from every alternative along each model's mainline"):  # as ms.forks
+            found = forks(
+                backends,
+                the_prompt,
+                samples=samples,
+                threshold=threshold,
+                max_alternatives=max_alternatives,
+                max_tokens=max_tokens,
+                outcome_regex=outcome_regex,
+                seed=seed,
+            )
+        for name, result in found.results.items():
+            _print_forks(name, result, console, top)
         if json_path is not None:
-            json_path.write_text(strict_json({"prompt": prompt_text(the_prompt), "models": reports}))
+            json_path.write_text(found.to_json())
             console.print(f"wrote {json_path}")
         if html is not None:
-            from modescope.viz.forks_html import write_forks_page
-
-            write_forks_page(results, prompt_text(the_prompt), html)
+            found.save_html(html)
             console.print(f"wrote {html}")
 
 

@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from modescope.engine.decode import generate_groups
 from modescope.engine.samplers import SamplerSettings
@@ -32,6 +32,11 @@ from modescope.errors import ModescopeError
 from modescope.metrics.embeddings import Embedder
 from modescope.models.base import Backend
 from modescope.remedies.grid import RemedyPoint
+from modescope.results import NotebookResult
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 Reward = Callable[[str, str], float]
 DIVERSITY = ("embedding_diversity", "class_share", "distinct_2")
@@ -364,13 +369,21 @@ def _mean(point: dict[str, Any], name: str) -> float:
 
 
 @dataclass
-class FrontierResult:
-    """A frontier over prompts: the `summarize` payload, with its table, plot and page."""
+class FrontierResult(NotebookResult):
+    """A frontier over prompts: the `summarize` payload, with its table, figure and page.
+
+    In a notebook it shows the frontier page (every remedy's points with their intervals, the Pareto front)."""
 
     payload: dict[str, Any]
     units: list[FrontierUnit]
 
-    def to_pandas(self) -> Any:
+    frame_height = 1300
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `summarize` payload: models, measures, every point with its means and intervals."""
+        return self.payload
+
+    def to_pandas(self) -> pd.DataFrame:
         """One row per model and point: remedy, strength, each measure's mean and interval, on the frontier."""
         import pandas as pd
 
@@ -382,21 +395,26 @@ class FrontierResult:
             rows.append(row)
         return pd.DataFrame.from_records(rows)
 
-    def plot(self, path: str | Path) -> Path:
-        from modescope.viz.frontier_plot import plot_frontier
+    def plot(self) -> Figure:
+        """The frontier figure (a matplotlib Figure): one panel per model, each remedy a line."""
+        from modescope.viz.figures import detached
+        from modescope.viz.frontier_plot import frontier_figure
 
-        return plot_frontier(self.payload, Path(path))
+        return detached(frontier_figure(self.payload))
 
-    def write_page(self, path: str | Path) -> Path:
+    def to_html(self) -> str:
+        """The self-contained frontier page."""
         from modescope.viz.frontier_html import frontier_page
 
-        target = Path(path)
-        target.write_text(frontier_page(self.payload), encoding="utf-8")
-        return target
+        return frontier_page(self.payload)
+
+    def write_page(self, path: str | Path) -> Path:
+        """`save_html(path)`, under its earlier name."""
+        return self.save_html(path)
 
 
 def frontier(
-    models: Backend | Sequence[Backend],
+    models: Backend | str | Sequence[Backend | str],
     prompts: str | Sequence[str],
     remedies: Sequence[str] = (),
     *,
@@ -417,13 +435,15 @@ def frontier(
     prompt and model, summarized over the prompts (nothing stored; `modescope frontier` stores)."""
     from modescope.remedies.grid import DEFAULT_GRID, parse_grid
 
-    backends = [models] if isinstance(models, Backend) else list(models)
     texts = [prompts] if isinstance(prompts, str) else list(prompts)
-    if not backends or not texts:
-        raise ModescopeError("give at least one model and one prompt")
+    if not texts:
+        raise ModescopeError("give at least one prompt")
     if diversity not in DIVERSITY or quality not in QUALITY:
         raise ModescopeError(f"the axes are one of {', '.join(DIVERSITY)} and one of {', '.join(QUALITY)}")
     points = parse_grid(list(remedies) or list(DEFAULT_GRID))
+    from modescope.models import backends as resolve
+
+    backends = resolve(models)  # names are loaded (after the settings are checked); duplicates refused
     settings = FrontierSettings(
         n, max_tokens, seed, guide_mix=guide_mix, embedder=embedder, reward=reward, stop=tuple(stop)
     )

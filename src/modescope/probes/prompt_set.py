@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend
+from modescope.results import NotebookResult
 from modescope.store import ProbeOutput, StoredUnit, UnitRecord
 from modescope.suites.prompt_sets import PromptItem, from_list, load_prompts_file
 
@@ -35,8 +36,13 @@ PromptsLike = Sequence[str | dict[str, Any] | PromptItem]
 
 
 @dataclass
-class PromptSetResult:
-    """A probe over a prompt set: each (prompt, model) output, and the aggregate over the prompts."""
+class PromptSetResult(NotebookResult):
+    """A probe over a prompt set: each (prompt, model) output, and the aggregate over the prompts.
+
+    In a notebook it shows the prompt-set page: paired statistics, where the models differ most, and every
+    prompt (sortable, filterable; a click opens its units' pages)."""
+
+    frame_height = 1100
 
     kind: str
     models: list[str]
@@ -70,6 +76,15 @@ class PromptSetResult:
         from modescope.metrics.homogeneity import homogeneity
 
         return homogeneity(self.samples(), embedder=embedder, threshold=threshold, models=self.models)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The kind, models and prompts, and the aggregate (per model, pairs, most different)."""
+        prompts = [{"id": p.id, "text": p.text, "meta": p.meta} for p in self.prompts]
+        return {"kind": self.kind, "models": self.models, "prompts": prompts, "aggregate": self.aggregate}
+
+    def to_html(self) -> str:
+        """The self-contained prompt-set page (the one a suite run stores as `prompts.html`)."""
+        return self.output.artifacts["prompts.html"].data.decode("utf-8")
 
     def to_pandas(self) -> pd.DataFrame:
         """Every per-prompt metric: prompt, model, metric, value."""

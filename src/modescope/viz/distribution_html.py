@@ -7,24 +7,12 @@ import html
 from typing import TYPE_CHECKING
 
 from modescope.viz.distribution_plot import distribution_figure
-from modescope.viz.notebook import figure_png
+from modescope.viz.notebook import TABLE_PAGE_STYLE, figure_png
 from modescope.viz.offline import offline_csp
 from modescope.viz.precision_html import capabilities_note
 
 if TYPE_CHECKING:
     from modescope.probes.distribution import DistributionResult
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.2rem; color: #1b1b1b; background: #fafafa; }
-h1 { font-size: 1.15rem; } h2 { font-size: 1rem; margin: 1rem 0 0.4rem; }
-.prompt { white-space: pre-wrap; background: #fff; border: 1px solid #ddd; padding: 0.5rem; font-family: monospace; }
-table { border-collapse: collapse; font-size: 0.85rem; background: #fff; }
-th, td { border: 1px solid #e0e0dc; padding: 0.2rem 0.5rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; font-family: monospace; }
-th { background: #efefeb; }
-img { max-width: 100%; border: 1px solid #eee; }
-.meta { color: #555; font-size: 0.85rem; }
-"""
 
 
 def _e(value: object) -> str:
@@ -72,7 +60,7 @@ def distribution_page(result: DistributionResult) -> str:
     capabilities = {r.model: r.capabilities for r in result.results}
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{offline_csp(images=True)}<title>modescope distribution</title>
-<style>{STYLE}</style></head>
+<style>{TABLE_PAGE_STYLE}</style></head>
 <body>
 <h1>Exact distribution over {len(result.candidates)} answers</h1>
 {capabilities_note(capabilities)}

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from modescope.viz.figures import detached, pyplot
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LABELS = {
     "embedding_diversity": "embedding diversity (1 − mean cosine)",
@@ -34,11 +39,16 @@ def axis_label(name: str) -> str:
 
 def plot_frontier(payload: dict[str, Any], path: Path) -> Path:
     """Write the frontier of a `modescope.probes.frontier.summarize` payload as a PNG."""
-    import matplotlib
+    fig = frontier_figure(payload)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    detached(fig)
+    return path
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def frontier_figure(payload: dict[str, Any]) -> Figure:
+    """The frontier of a `modescope.probes.frontier.summarize` payload: one panel per model."""
+    plt = pyplot()
     models = payload["models"]
     x_name, y_name = payload["diversity"], payload["quality"]
     remedies = list(dict.fromkeys(p["remedy"] for p in payload["points"] if p["remedy"] != "direct"))
@@ -56,10 +66,7 @@ def plot_frontier(payload: dict[str, Any], path: Path) -> Path:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
     fig.suptitle(f"diversity-quality frontier over {len(payload.get('prompts', []))} prompts", fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _draw_model(ax: Any, own: list[dict[str, Any]], x_name: str, y_name: str, colors: dict[str, str]) -> None:

@@ -16,6 +16,18 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 FRAME_STYLE = "width: 100%; border: 1px solid #ddd; border-radius: 4px; background: #fafafa;"
+# the pages of results that had none before the notebooks (tables and a figure): distribution, temperature
+TABLE_PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.2rem; color: #1b1b1b; background: #fafafa; }
+h1 { font-size: 1.15rem; } h2 { font-size: 1rem; margin: 1rem 0 0.4rem; }
+.prompt { white-space: pre-wrap; background: #fff; border: 1px solid #ddd; padding: 0.5rem; font-family: monospace; }
+table { border-collapse: collapse; font-size: 0.85rem; background: #fff; }
+th, td { border: 1px solid #e0e0dc; padding: 0.2rem 0.5rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; font-family: monospace; }
+th { background: #efefeb; }
+img { max-width: 100%; border: 1px solid #eee; }
+.meta { color: #555; font-size: 0.85rem; }
+"""
 
 
 def framed(page: str, title: str, height: int) -> str:

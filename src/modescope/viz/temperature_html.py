@@ -7,7 +7,7 @@ import html
 import math
 from typing import TYPE_CHECKING
 
-from modescope.viz.notebook import figure_png
+from modescope.viz.notebook import TABLE_PAGE_STYLE, figure_png
 from modescope.viz.offline import offline_csp
 from modescope.viz.precision_html import capabilities_note
 from modescope.viz.temperature_plot import fits_figure, sweep_figure
@@ -15,17 +15,6 @@ from modescope.viz.temperature_plot import fits_figure, sweep_figure
 if TYPE_CHECKING:
     from modescope.probes.temperature import TemperatureFits, TemperatureSweep
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.2rem; color: #1b1b1b; background: #fafafa; }
-h1 { font-size: 1.15rem; } h2 { font-size: 1rem; margin: 1rem 0 0.4rem; }
-.prompt { white-space: pre-wrap; background: #fff; border: 1px solid #ddd; padding: 0.5rem; font-family: monospace; }
-table { border-collapse: collapse; font-size: 0.85rem; background: #fff; }
-th, td { border: 1px solid #e0e0dc; padding: 0.2rem 0.5rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; font-family: monospace; }
-th { background: #efefeb; }
-img { max-width: 100%; border: 1px solid #eee; }
-.meta { color: #555; font-size: 0.85rem; }
-"""
 SWEEP_COLUMNS = [
     ("mean_entropy_bits", "mean token entropy (bits)"),
     ("distinct_2", "distinct-2"),
@@ -47,7 +36,7 @@ def _number(value: float | None, spec: str = ".3g") -> str:
 def _page(title: str, heading: str, body: str) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{offline_csp(images=True)}<title>{_e(title)}</title>
-<style>{STYLE}</style></head>
+<style>{TABLE_PAGE_STYLE}</style></head>
 <body>
 <h1>{_e(heading)}</h1>
 {body}
