@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from modescope.models.dtypes import auto_dtype
+
 if TYPE_CHECKING:
     from modescope.models.base import Backend
     from modescope.store import ProbeOutput
@@ -38,18 +40,15 @@ def label(precision: str) -> str:
 
 
 def requested_precision(device: str, dtype: str) -> str:
-    """The precision in-process models load in with these `load` settings, without loading one: `auto` is
-    bfloat16 on CUDA and float32 on the CPU (the rule of models/hf.resolve_dtype). torch is imported only when
-    `auto` has to ask whether CUDA is there."""
+    """The precision in-process models load in with these `load` settings, without loading one. torch is
+    imported only when `auto` has to ask whether CUDA is there."""
     if dtype != "auto":
         return dtype
-    if device == "cpu":
-        return REFERENCE
-    if device.startswith("cuda"):
-        return "bfloat16"
+    if device == "cpu" or device.startswith("cuda"):
+        return auto_dtype(device.startswith("cuda"))
     import torch
 
-    return "bfloat16" if torch.cuda.is_available() else REFERENCE
+    return auto_dtype(torch.cuda.is_available())
 
 
 def keyed(cache_key: str, precision: str) -> str:

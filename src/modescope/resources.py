@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from modescope.errors import ModescopeError
+from modescope.models.dtypes import auto_dtype
 from modescope.models.safety import local_files
 
 FLOAT64 = 8
@@ -352,9 +353,9 @@ def accelerator_memory(device: str) -> Available | None:
 
 
 def dtype_bytes(dtype: str, on_accelerator: bool) -> int:
-    """Bytes per weight and KV entry: `auto` is float32 on the CPU and bfloat16 on CUDA (models/hf.py)."""
+    """Bytes per weight and KV entry of `dtype` (auto as `precision.auto_dtype` decides it)."""
     if dtype == "auto":
-        return 2 if on_accelerator else 4
+        dtype = auto_dtype(on_accelerator)
     return 2 if dtype in ("bfloat16", "float16") else 4
 
 

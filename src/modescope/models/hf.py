@@ -26,6 +26,7 @@ import torch
 
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend, Capabilities, ChatPrompt, Rows
+from modescope.models.dtypes import auto_dtype
 from modescope.models.gguf_convert import Header
 from modescope.models.safety import (
     PICKLE_HINT,
@@ -62,7 +63,7 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = auto_dtype(device.type == "cuda")
     if dtype not in DTYPES:
         raise ModescopeError(f"unknown dtype '{dtype}'; use one of auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
