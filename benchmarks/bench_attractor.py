@@ -48,13 +48,13 @@ from common import (
     benchmark_parser,
     detail,
     environment_line,
+    finish,
     parse_options,
     prepare_run,
     progress_bar,
     task,
     timed,
     warn_if_busy,
-    write_figures,
 )
 
 if TYPE_CHECKING:
@@ -322,15 +322,12 @@ def main(argv: list[str] | None = None) -> int:
         "models": [r.to_dict() for r in reports],
         "ok": not failed,
     }
-    write_figures(args.json, figures, console)
-    if failed:
-        console.print(
-            f"[red]FAIL[/]: batched and one-at-a-time greedy ids differ for more than {MISMATCH_LIMIT:.0%} of the "
-            "perturbations on " + ", ".join(failed)
-        )
-        return 1
-    console.print("[green]OK[/]: batched and one-at-a-time regeneration agree (within the mismatch limit)")
-    return 0
+    failure = (
+        f"batched and one-at-a-time greedy ids differ for more than {MISMATCH_LIMIT:.0%} of the perturbations on "
+        + ", ".join(failed)
+    )
+    success = "batched and one-at-a-time regeneration agree (within the mismatch limit)"
+    return finish(args.json, figures, console, failure if failed else None, success)
 
 
 if __name__ == "__main__":

@@ -36,13 +36,13 @@ from common import (
     add_measure_rows,
     benchmark_parser,
     environment_line,
+    finish,
     parse_options,
     prepare_run,
     progress_bar,
     task,
     timed,
     warn_if_busy,
-    write_figures,
 )
 
 console = Console()
@@ -188,12 +188,9 @@ def main(argv: list[str] | None = None) -> int:
         "models": [r.to_dict() for r in reports],
         "ok": not failed,
     }
-    write_figures(args.json, figures, console)
-    if failed:
-        console.print("[red]FAIL[/]: the one-pass conversion differs from transformers' for " + ", ".join(failed))
-        return 1
-    console.print("[green]OK[/]: both paths wrote identical folders (files byte for byte, tensors exactly)")
-    return 0
+    failure = "the one-pass conversion differs from transformers' for " + ", ".join(failed)
+    success = "both paths wrote identical folders (files byte for byte, tensors exactly)"
+    return finish(args.json, figures, console, failure if failed else None, success)
 
 
 if __name__ == "__main__":

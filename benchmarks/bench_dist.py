@@ -46,13 +46,13 @@ from common import (
     benchmark_parser,
     detail,
     environment_line,
+    finish,
     parse_options,
     prepare_run,
     progress_bar,
     task,
     timed,
     warn_if_busy,
-    write_figures,
 )
 from floor import Floor, ModelShape, matmul_peak_gflops, profile_lines, profile_split
 
@@ -469,18 +469,15 @@ def main(argv: list[str] | None = None) -> int:
         "models": [r.to_dict() for r in reports],
         "ok": not failed,
     }
-    write_figures(args.json, figures, console)
-    if failed:
-        console.print(
-            f"[red]FAIL[/]: baseline and engine masses differ by more than {AGREEMENT_LIMIT:g} relative, or float32 "
-            f"and float64 engine masses by more than {FLOAT64_LIMIT:g}, for " + ", ".join(failed)
-        )
-        return 1
-    console.print(
-        f"[green]OK[/]: baseline and engine masses agree within {AGREEMENT_LIMIT:g} relative, float32 and float64 "
-        f"engine masses within {FLOAT64_LIMIT:g}"
+    failure = (
+        f"baseline and engine masses differ by more than {AGREEMENT_LIMIT:g} relative, or float32 and float64 "
+        f"engine masses by more than {FLOAT64_LIMIT:g}, for " + ", ".join(failed)
     )
-    return 0
+    success = (
+        f"baseline and engine masses agree within {AGREEMENT_LIMIT:g} relative, float32 and float64 engine masses "
+        f"within {FLOAT64_LIMIT:g}"
+    )
+    return finish(args.json, figures, console, failure if failed else None, success)
 
 
 if __name__ == "__main__":

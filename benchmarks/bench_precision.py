@@ -49,13 +49,13 @@ from common import (
     benchmark_parser,
     detail,
     environment_line,
+    finish,
     parse_options,
     prepare_run,
     progress_bar,
     task,
     timed,
     warn_if_busy,
-    write_figures,
 )
 
 if TYPE_CHECKING:
@@ -374,12 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         "models": [r.to_dict() for r in reports],
         "ok": not unlabelled,
     }
-    write_figures(args.json, figures, console)
-    if unlabelled:
-        console.print("[red]FAIL[/]: results without the precision they were computed in: " + ", ".join(unlabelled))
-        return 1
-    console.print("[green]OK[/]: every result records the precision it was computed in")
-    return 0
+    failure = "results without the precision they were computed in: " + ", ".join(unlabelled)
+    success = "every result records the precision it was computed in"
+    return finish(args.json, figures, console, failure if unlabelled else None, success)
 
 
 if __name__ == "__main__":

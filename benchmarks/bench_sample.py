@@ -71,13 +71,13 @@ from common import (
     benchmark_parser,
     detail,
     environment_line,
+    finish,
     parse_options,
     prepare_run,
     progress_bar,
     task,
     timed,
     warn_if_busy,
-    write_figures,
 )
 from floor import Floor, ModelShape, matmul_peak_gflops, profile_lines, profile_split
 
@@ -553,15 +553,11 @@ def main(argv: list[str] | None = None) -> int:
         "models": [r.to_dict() for r in reports],
         "ok": not failed,
     }
-    write_figures(args.json, figures, console)
-    if failed:
-        console.print(
-            f"[red]FAIL[/]: recorded and rescored log-probabilities differ by more than {AGREEMENT_LIMIT:g} for "
-            + ", ".join(failed)
-        )
-        return 1
-    console.print(f"[green]OK[/]: both sides' records agree with rescoring within {AGREEMENT_LIMIT:g}")
-    return 0
+    failure = f"recorded and rescored log-probabilities differ by more than {AGREEMENT_LIMIT:g} for " + ", ".join(
+        failed
+    )
+    success = f"both sides' records agree with rescoring within {AGREEMENT_LIMIT:g}"
+    return finish(args.json, figures, console, failure if failed else None, success)
 
 
 if __name__ == "__main__":

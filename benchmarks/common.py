@@ -151,6 +151,17 @@ def warn_if_busy(console: Console, env: dict[str, Any]) -> None:
         )
 
 
+def finish(path: Path | None, figures: dict[str, Any], console: Console, failure: str | None, success: str) -> int:
+    """A benchmark's last words: write the figures (with --json), then FAIL with `failure` (the exit code 1) or
+    OK with `success` (0). The checks that fail are correctness checks, never timings."""
+    write_figures(path, figures, console)
+    if failure is not None:
+        console.print(f"[red]FAIL[/]: {failure}")
+        return 1
+    console.print(f"[green]OK[/]: {success}")
+    return 0
+
+
 def write_figures(path: Path | None, figures: dict[str, Any], console: Console) -> None:
     """Write every figure as JSON when --json was given."""
     if path is None:
