@@ -93,6 +93,8 @@ class EngineRun:
     levels: int = 0
     floor: Floor | None = None
     float64_rel_diff: float = math.nan  # max over candidates, against a float64 log-softmax
+    # best time with transformers' own LM head and log-softmax instead of the fused chunked head (NaN: no fused head)
+    unfused_s: float = math.nan
     profile: list[str] = field(default_factory=list)
 
     @property
@@ -210,7 +212,21 @@ def engine_run(
     )
     engine.profile = profile_lines(*profile_split(run))
     engine.float64_rel_diff = max(relative_differences(float64_masses(backend, run), engine.masses))
+    engine.unfused_s = unfused_best(backend, run, repeats)
     return engine
+
+
+def unfused_best(backend: Backend, run: Callable[[], Any], repeats: int) -> float:
+    """Best seconds of `run` with transformers' LM head and log-softmax (the engine before the fused head)."""
+    from modescope.models.hf import HFBackend
+
+    if not (isinstance(backend, HFBackend) and backend.fused_head):
+        return math.nan
+    backend.fused_head = False
+    try:
+        return min(timed(run)[0] for _ in range(repeats))
+    finally:
+        backend.fused_head = True
 
 
 def float64_masses(backend: Backend, run: Callable[[], Any]) -> list[float]:
@@ -377,6 +393,11 @@ def model_table(report: ModelReport) -> Table:
         table.add_row(f"floor, {run.mode}", value, against(run.floor.ratio <= FLOOR_TARGET, f"<= {FLOOR_TARGET:g}x"))
         met = run.float64_rel_diff <= FLOAT64_LIMIT
         table.add_row(f"vs float64, {run.mode}", f"{run.float64_rel_diff:.1e}", against(met, f"<= {FLOAT64_LIMIT:g}"))
+        if not math.isnan(run.unfused_s):
+            gain = run.unfused_s / run.timing.best_s
+            table.add_row(
+                f"transformers' head, {run.mode}", f"{run.unfused_s:.2f} s (fused head {gain:.2f}x faster)", ""
+            )
     table.add_section()
     for run in (canonical, every):
         value = f"{run.tokens_forwarded} / {run.minimum_tokens} = {run.token_ratio:.2f}x"

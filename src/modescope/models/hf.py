@@ -28,6 +28,7 @@ from modescope.errors import ModescopeError
 from modescope.models.base import Backend, Capabilities, ChatPrompt, Rows
 from modescope.models.dtypes import auto_dtype
 from modescope.models.gguf_convert import Header
+from modescope.models.lm_head import head_logprobs, plain_head
 from modescope.models.safety import (
     PICKLE_HINT,
     LoadPolicy,
@@ -159,7 +160,16 @@ class HFBackend(Backend):
         # the precision of next-token log-probabilities: float32, or float64 for float64 weights (tests use those
         # to check exactness to 1e-12; a float32 model set to float64 is the reference its float32 is checked by)
         self.logprob_dtype = torch.float64 if weights == torch.float64 else torch.float32
+        # float32 models with a plain LM head get it fused with the log-softmax, in vocabulary chunks (lm_head.py);
+        # `fused_head = False` takes transformers' own head instead (the benchmarks' before and after)
+        self._head = plain_head(model) if self._decoder_takes(self._cache_arg) else None
+        self.fused_head = self._head is not None
         self._check_byte_table()
+
+    def _decoder_takes(self, cache_arg: str) -> bool:
+        """Whether the decoder under the LM head (`model.model`) can be called as the model is, cache and all."""
+        decoder = getattr(self.model, "model", None)
+        return decoder is not None and cache_arg in inspect.signature(decoder.forward).parameters
 
     def _check_byte_table(self) -> None:
         """Warn when the byte table does not reproduce the tokenizer's own decoding: exact answer-set
@@ -210,6 +220,22 @@ class HFBackend(Backend):
         with torch.inference_mode():
             return self.model(input_ids=input_ids.to(self.device), **kwargs)
 
+    def _forward_next(self, input_ids: torch.Tensor, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+        """Forward `input_ids`; the output (with its cache) and the next-token log-probabilities after each row's
+        last position, through the fused chunked LM head when the model has a plain one."""
+        if not (self.fused_head and self._head is not None and self.logprob_dtype == torch.float32):
+            out = self._forward(input_ids, **kwargs, **self._last_logits_only)
+            return out, self._logprobs(out.logits[:, -1])
+        out = self._decoder_forward(input_ids, **kwargs)
+        with torch.inference_mode():
+            return out, head_logprobs(out.last_hidden_state[:, -1], self._head, self.vocab.size).cpu()
+
+    def _decoder_forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
+        """The model without its LM head: the final hidden states (and the cache)."""
+        self.stats.add(int(input_ids.numel()))
+        with torch.inference_mode():
+            return self.model.model(input_ids=input_ids.to(self.device), **kwargs)
+
     @staticmethod
     def _cache_of(output: Any) -> Any:
         cache = getattr(output, "cache", None)
@@ -232,9 +258,8 @@ class HFBackend(Backend):
             raise ModescopeError("the prompt encodes to no tokens; give a non-empty prompt")
         self.check_length(len(prompt))
         ids = torch.tensor([list(prompt)], dtype=torch.long)
-        out = self._forward(ids, use_cache=True, **self._last_logits_only)
-        rows = CacheRows(self._cache_of(out), 1, len(prompt))
-        return rows, self._logprobs(out.logits[:, -1])
+        out, logprobs = self._forward_next(ids, use_cache=True)
+        return CacheRows(self._cache_of(out), 1, len(prompt)), logprobs
 
     def start_many(self, prompts: Sequence[Sequence[int]]) -> tuple[Rows, torch.Tensor]:
         """Encode prompts of different lengths in one left-padded batch (one row each)."""
@@ -250,9 +275,8 @@ class HFBackend(Backend):
             mask[row, longest - len(prompt) :] = 1
         mask = mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # real tokens count from 0 in every row
-        out = self._forward(ids, attention_mask=mask, position_ids=positions, use_cache=True, **self._last_logits_only)
-        rows = CacheRows(self._cache_of(out), len(prompts), longest, padding=mask)
-        return rows, self._logprobs(out.logits[:, -1])
+        out, logprobs = self._forward_next(ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        return CacheRows(self._cache_of(out), len(prompts), longest, padding=mask), logprobs
 
     def extend(self, rows: Rows, parents: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
         assert isinstance(rows, CacheRows)
@@ -287,9 +311,10 @@ class HFBackend(Backend):
             self.check_length(int(positions.max()) + 1)
             padding = torch.cat([padding, torch.ones_like(padding[:, :1])], dim=-1)
             extra["attention_mask"] = padding
-        out = self._forward(ids, position_ids=positions, use_cache=True, **extra, **{self._cache_arg: cache})
-        new_rows = CacheRows(self._cache_of(out), len(tokens), prefix_length + 1, padding)
-        return new_rows, self._logprobs(out.logits[:, -1])
+        out, logprobs = self._forward_next(
+            ids, position_ids=positions, use_cache=True, **extra, **{self._cache_arg: cache}
+        )
+        return CacheRows(self._cache_of(out), len(tokens), prefix_length + 1, padding), logprobs
 
     def concat(self, parts: Sequence[Rows]) -> Rows:
         caches = [p for p in parts if isinstance(p, CacheRows) and p.rows > 0]
@@ -337,7 +362,7 @@ class HFBackend(Backend):
             by_length.setdefault(len(prefix), []).append(k)
         for members in by_length.values():
             ids = torch.tensor([list(prefixes[k]) for k in members], dtype=torch.long)
-            logprobs = self._logprobs(self._forward(ids, use_cache=False, **self._last_logits_only).logits[:, -1])
+            _, logprobs = self._forward_next(ids, use_cache=False)
             for row, k in enumerate(members):
                 result[k] = logprobs[row]
         return torch.stack([r for r in result if r is not None])

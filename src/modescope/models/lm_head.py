@@ -1,0 +1,60 @@
+"""The LM head fused with the log-softmax, computed in vocabulary chunks.
+
+Next-token log-probabilities are `log_softmax(hidden @ W.T)` over the whole vocabulary, and on a CPU the LM
+head is the costliest matrix of a small model with a large vocabulary (Gemma 3's is 262144 x 640, more than half
+its parameters). Computed as transformers does, as one [rows, vocab] product, this CPU's BLAS runs it at 57-116
+GFLOPS (32-512 rows), then the log-softmax reads the 0.13-0.5 GB result again in several passes. Here the
+product is taken as `W[chunk] @ hidden.T`, the layout BLAS runs fastest (89-154 GFLOPS measured), one chunk of
+the vocabulary at a time; each chunk is copied into its place in the output while it is still in cache, and its
+maximum and exponential sum are taken there. The chunks' normalizers combine in float64, and one last pass
+subtracts the log-normalizer. The logits are the same dot products (bit-identical on this machine's MKL), the
+normalizer is summed in cascades within a chunk and in float64 across chunks, as accurate as
+`hf.log_softmax_f32`. See benchmarks/bench_dist.py and bench_sample.py for the before and after.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+CHUNK = 8192  # vocabulary rows per product: a [8192, rows] block stays in cache for its copy and its sums
+# models whose causal-LM logits are exactly `final hidden state @ lm_head.weight.T` (no bias, no scale, no
+# softcapping unless the config sets one, which `plain_head` refuses); others keep transformers' own head
+PLAIN_HEADS = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text"}
+
+
+def plain_head(model: Any) -> torch.Tensor | None:
+    """The LM head weight [vocab, hidden] of a float32 causal LM whose logits are a plain product of the
+    decoder's last hidden state (`model.model`) with it, or None when the model does anything more."""
+    config = model.config.get_text_config()
+    head = model.get_output_embeddings()
+    if getattr(config, "model_type", None) not in PLAIN_HEADS or not isinstance(head, torch.nn.Linear):
+        return None
+    if head.bias is not None or getattr(config, "final_logit_softcapping", None) is not None:
+        return None
+    if head.weight.dtype != torch.float32 or not isinstance(getattr(model, "model", None), torch.nn.Module):
+        return None
+    return head.weight.detach()
+
+
+def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, vocab: int) -> torch.Tensor:
+    """float32 log-softmax of `hidden @ weight[:vocab].T` for `hidden` [rows, dim]: [rows, vocab]."""
+    rows = hidden.shape[0]
+    transposed = hidden.to(weight.dtype).T.contiguous()  # [dim, rows]
+    out = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
+    block = torch.empty(min(CHUNK, vocab), rows, dtype=torch.float32, device=hidden.device)
+    tops, sums = [], []
+    for start in range(0, vocab, CHUNK):
+        stop = min(start + CHUNK, vocab)
+        product = block[: stop - start]
+        torch.mm(weight[start:stop], transposed, out=product)
+        chunk = out[:, start:stop]
+        chunk.copy_(product.T)
+        top = chunk.max(dim=1, keepdim=True).values
+        tops.append(top)
+        sums.append((chunk - top).exp().sum(dim=1, keepdim=True))
+    top64 = torch.cat(tops, dim=1).double()
+    peak = top64.max(dim=1, keepdim=True).values
+    normalizer = peak + (torch.cat(sums, dim=1).double() * (top64 - peak).exp()).sum(dim=1, keepdim=True).log()
+    return out.sub_(normalizer.float())

@@ -1,0 +1,71 @@
+"""The fused chunked LM head: the same next-token log-probabilities as transformers' head and log-softmax, on
+tiny float32 llama and gemma3 models (prompt, batched prompts, cached steps, branches), and the fallback for
+heads that are not plain products."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import modescope as ms
+from modescope.models import lm_head
+from modescope.models.hf import HFBackend
+from tests.unit.tiny_models import tiny_backend
+
+PROMPT = "Q: 12?\nA:"
+
+
+def in_float32(architecture: str) -> HFBackend:
+    reference = tiny_backend(architecture)
+    return HFBackend(f"tiny-{architecture}-fp32", reference.model.float(), reference.tokenizer, source="in-process")
+
+
+def both_ways(backend: HFBackend, run: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """`run(backend)` through the fused head, then through transformers' own."""
+    assert callable(run)
+    backend.fused_head = True
+    fused = run(backend)
+    backend.fused_head = False
+    try:
+        plain = run(backend)
+    finally:
+        backend.fused_head = True
+    return fused, plain
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_fused_head_gives_transformers_log_probabilities(architecture: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lm_head, "CHUNK", 48)  # several chunks and a short last one over the 265-token vocabulary
+    backend = in_float32(architecture)
+    assert backend.fused_head
+    ids = backend.prompt_ids(PROMPT)
+
+    def steps(b: HFBackend) -> torch.Tensor:
+        rows, first = b.start(ids)
+        rows, second = b.extend(rows, [0, 0, 0], [5, 17, 260])
+        _, third = b.advance(rows, [0, 2], [9, 33])
+        batched = b.start_many([ids, ids[:3], ids[1:]])[1]
+        return torch.cat([first, second, third, batched, b.next_logprobs([ids, ids[:4]])])
+
+    fused, plain = both_ways(backend, steps)
+    assert fused.dtype == torch.float32 and fused.shape == plain.shape
+    assert torch.allclose(fused, plain, atol=2e-6, rtol=0)
+    assert torch.allclose(fused.double().exp().sum(-1), torch.ones(len(fused), dtype=torch.float64), atol=1e-6)
+
+
+def test_fused_head_keeps_answer_masses() -> None:
+    backend = in_float32("llama")
+    candidates = ms.integers(0, 20)
+    fused, plain = both_ways(backend, lambda b: ms.distribution(b, PROMPT, candidates).to_pandas()["mass"])
+    assert ((fused - plain).abs() <= 1e-5 * plain).all()
+
+
+def test_heads_that_are_not_plain_products_keep_transformers_own() -> None:
+    softcapped = tiny_backend("gemma3").model.float()
+    softcapped.config.final_logit_softcapping = 30.0
+    assert lm_head.plain_head(softcapped) is None
+    assert lm_head.plain_head(tiny_backend("llama").model) is None  # float64: the exact reference path
+    backend = HFBackend("capped", softcapped, tiny_backend("gemma3").tokenizer, source="in-process")
+    assert not backend.fused_head
+    _, logprobs = backend.start(backend.prompt_ids(PROMPT))
+    assert torch.isfinite(logprobs).all()
