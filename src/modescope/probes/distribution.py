@@ -388,6 +388,7 @@ class AnswerTree:
             )
         self.boundary = torch.tensor(backend.vocab.boundary_ids, dtype=torch.long)
         self.boundary_mask = torch.zeros(backend.vocab.size, dtype=torch.bool).index_fill_(0, self.boundary, True)
+        self._weights: torch.Tensor | None = None
         self.undecided = torch.tensor(backend.vocab.undecided_ids, dtype=torch.long)
         self.nested = _nested_in(self.targets, self.planner, backend.vocab)
 
@@ -421,17 +422,24 @@ class AnswerTree:
         float64). A float32 exp underflows below ~1e-38, so a row whose boundary mass comes out under 1e-30 gets an
         exact float64 log-sum-exp instead (rare: the event is then negligible)."""
         probs = logprobs.exp()
-        boundary = (probs * self.boundary_mask.to(probs.dtype)).sum(-1).double()
-        log_boundary = boundary.log()
-        for row in (boundary < 1e-30).nonzero().flatten().tolist():
-            log_boundary[row] = torch.logsumexp(logprobs[row].index_select(0, self.boundary).double(), 0)
         undecided = (
             probs.index_select(1, self.undecided).sum(-1).double()
             if len(self.undecided)
             else torch.zeros(len(probs), dtype=torch.float64)
         )
         shown = probs.sum(-1).double() if partial else torch.ones(len(probs), dtype=torch.float64)
+        # the boundary tokens' mass: the other tokens zeroed in place (no second [nodes, vocab] buffer), then summed
+        boundary = probs.mul_(self._boundary_weights(probs.dtype)).sum(-1).double()
+        log_boundary = boundary.log()
+        for row in (boundary < 1e-30).nonzero().flatten().tolist():
+            log_boundary[row] = torch.logsumexp(logprobs[row].index_select(0, self.boundary).double(), 0)
         return BatchSums(log_boundary.tolist(), undecided.tolist(), shown.tolist())
+
+    def _boundary_weights(self, dtype: torch.dtype) -> torch.Tensor:
+        """1 for a boundary token and 0 for the others, in `dtype` (made once per dtype)."""
+        if self._weights is None or self._weights.dtype != dtype:
+            self._weights = self.boundary_mask.to(dtype)
+        return self._weights
 
     def bounded_contributions(
         self, data: Any, node_logprob: float, logprobs: torch.Tensor, partial: bool, sums: BatchSums, row: int
