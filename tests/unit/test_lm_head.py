@@ -69,3 +69,18 @@ def test_heads_that_are_not_plain_products_keep_transformers_own() -> None:
     assert not backend.fused_head
     _, logprobs = backend.start(backend.prompt_ids(PROMPT))
     assert torch.isfinite(logprobs).all()
+
+
+def test_the_head_is_read_at_every_call_not_kept_from_loading() -> None:
+    backend = in_float32("llama")
+    ids = backend.prompt_ids(PROMPT)
+    # new weights put in after loading (a new tensor, not an in-place change), as `model.double()` or an
+    # adapter swap would: the fused head must use them
+    head = backend.model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach() * 0.5)
+    fused, plain = both_ways(backend, lambda b: b.start(ids)[1])
+    assert torch.allclose(fused, plain, atol=2e-6, rtol=0)
+    backend.model.double()  # no longer float32: transformers' head, in float64 logits
+    assert lm_head.plain_head(backend.model) is None
+    fused, plain = both_ways(backend, lambda b: b.start(ids)[1])
+    assert torch.equal(fused, plain)

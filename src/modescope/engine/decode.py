@@ -59,9 +59,17 @@ class Continuation:
 def entropy_bits(logprobs: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
     """Entropy of each row of log-probabilities, in bits (0 log 0 = 0); `probs`, their exp, when at hand.
 
-    -p log p is taken from the probabilities alone (`torch.special.entr`): one pass, no -inf to mask."""
+    sum p log p is one dot product per row (BLAS: 5x faster than an elementwise pass over a 262k vocabulary).
+    A row with a -inf log-probability (a token a server did not show) gets 0 x -inf = NaN there, so such rows
+    take -p log p from the probabilities alone (`torch.special.entr`, which has no -inf to mask)."""
     probs = logprobs.exp() if probs is None else probs
-    return torch.special.entr(probs).sum(-1) / LOG2
+    if probs.dim() != 2:
+        return torch.special.entr(probs).sum(-1) / LOG2
+    dots = torch.bmm(probs.unsqueeze(1), logprobs.to(probs.dtype).unsqueeze(2)).view(-1)
+    unknown = ~torch.isfinite(dots)
+    if unknown.any():
+        dots[unknown] = -torch.special.entr(probs[unknown]).sum(-1)
+    return -dots / LOG2
 
 
 def protected_tokens(backend: Backend) -> frozenset[int]:

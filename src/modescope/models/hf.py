@@ -162,8 +162,7 @@ class HFBackend(Backend):
         self.logprob_dtype = torch.float64 if weights == torch.float64 else torch.float32
         # float32 models with a plain LM head get it fused with the log-softmax, in vocabulary chunks (lm_head.py);
         # `fused_head = False` takes transformers' own head instead (the benchmarks' before and after)
-        self._head = plain_head(model) if self._decoder_takes(self._cache_arg) else None
-        self.fused_head = self._head is not None
+        self.fused_head = plain_head(model) is not None and self._decoder_takes(self._cache_arg)
         self._check_byte_table()
 
     def _decoder_takes(self, cache_arg: str) -> bool:
@@ -223,12 +222,14 @@ class HFBackend(Backend):
     def _forward_next(self, input_ids: torch.Tensor, **kwargs: Any) -> tuple[Any, torch.Tensor]:
         """Forward `input_ids`; the output (with its cache) and the next-token log-probabilities after each row's
         last position, through the fused chunked LM head when the model has a plain one."""
-        if not (self.fused_head and self._head is not None and self.logprob_dtype == torch.float32):
+        # the head is looked up at every call: weights converted after loading (`model.double()`) leave it
+        head = plain_head(self.model) if self.fused_head and self.logprob_dtype == torch.float32 else None
+        if head is None:
             out = self._forward(input_ids, **kwargs, **self._last_logits_only)
             return out, self._logprobs(out.logits[:, -1])
         out = self._decoder_forward(input_ids, **kwargs)
         with torch.inference_mode():
-            return out, head_logprobs(out.last_hidden_state[:, -1], self._head, self.vocab.size).cpu()
+            return out, head_logprobs(out.last_hidden_state[:, -1], head, self.vocab.size).cpu()
 
     def _decoder_forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
         """The model without its LM head: the final hidden states (and the cache)."""
