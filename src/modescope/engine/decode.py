@@ -59,17 +59,16 @@ class Continuation:
 def entropy_bits(logprobs: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
     """Entropy of each row of log-probabilities, in bits (0 log 0 = 0); `probs`, their exp, when at hand.
 
-    sum p log p is one dot product per row (BLAS: 5x faster than an elementwise pass over a 262k vocabulary).
-    A row with a -inf log-probability (a token a server did not show) gets 0 x -inf = NaN there, so such rows
-    take -p log p from the probabilities alone (`torch.special.entr`, which has no -inf to mask)."""
+    sum p log p reuses the log-probabilities (no logarithm over a 262k vocabulary again: 1.8x faster than
+    `torch.special.entr`) and is summed in cascade (a float32 BLAS dot product was 5x faster still, but 2e-3
+    bits off). A row with a -inf log-probability (a token a server did not show) gets 0 x -inf = NaN there, so
+    such rows take -p log p from the probabilities alone (`entr`, which has no -inf to mask)."""
     probs = logprobs.exp() if probs is None else probs
-    if probs.dim() != 2:
-        return torch.special.entr(probs).sum(-1) / LOG2
-    dots = torch.bmm(probs.unsqueeze(1), logprobs.to(probs.dtype).unsqueeze(2)).view(-1)
-    unknown = ~torch.isfinite(dots)
+    sums = (probs * logprobs.to(probs.dtype)).sum(-1)
+    unknown = ~torch.isfinite(sums)
     if unknown.any():
-        dots[unknown] = -torch.special.entr(probs[unknown]).sum(-1)
-    return -dots / LOG2
+        sums[unknown] = -torch.special.entr(probs[unknown]).sum(-1)
+    return -sums / LOG2
 
 
 def protected_tokens(backend: Backend) -> frozenset[int]:
