@@ -112,6 +112,16 @@ class ChatPrompt:
     prefill: str = ""
 
 
+def require_one_prompt(prompt: object, function: str, kind: str) -> None:
+    """Refuse anything but one prompt (text or a `ChatPrompt`) for a probe function that takes one; a list of
+    prompts goes to `ms.over_prompts(kind, ...)`, which says so."""
+    if not isinstance(prompt, str | ChatPrompt):
+        raise ModescopeError(
+            f"{function} takes one prompt (text or a ChatPrompt); for a list of prompts use "
+            f"ms.over_prompts('{kind}', models, prompts)"
+        )
+
+
 class Rows(ABC):
     """A batch of token prefixes that all extend the same prompt (opaque to callers)."""
 

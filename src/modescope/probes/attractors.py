@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from modescope.engine.decode import Continuation, TokenRecord, generate, generate_many
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend, ChatPrompt
+from modescope.models.base import Backend, ChatPrompt, require_one_prompt
 from modescope.results import NotebookResult
 
 if TYPE_CHECKING:
@@ -496,11 +496,7 @@ def attractor(
     """
     from modescope.models import backends as resolve
 
-    if not isinstance(prompt, str | ChatPrompt):
-        raise ModescopeError(
-            "attractor takes one prompt (text or a ChatPrompt); for a list of prompts use "
-            "ms.over_prompts('attractor', models, prompts)"
-        )
+    require_one_prompt(prompt, "attractor", "attractor")
     if isinstance(edits, str | Edit):  # one edit given bare, not in a list: not its characters one by one
         edits = [edits]
     plan = AttractorPlan(

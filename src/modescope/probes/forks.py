@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from modescope.engine.decode import Continuation, generate, generate_many
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend, ChatPrompt
+from modescope.models.base import Backend, ChatPrompt, require_one_prompt
 from modescope.results import NotebookResult
 
 if TYPE_CHECKING:
@@ -345,11 +345,7 @@ def forks(
     """
     from modescope.models import backends as resolve
 
-    if not isinstance(prompt, str | ChatPrompt):
-        raise ModescopeError(
-            "forks takes one prompt (text or a ChatPrompt); for a list of prompts use "
-            "ms.over_prompts('forks', models, prompts)"
-        )
+    require_one_prompt(prompt, "forks", "forks")
     _check_settings(samples, threshold, max_alternatives, max_tokens)  # before any model loads
     _compile(outcome_regex)
     loaded = resolve(models)

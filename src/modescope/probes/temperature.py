@@ -28,7 +28,7 @@ from modescope.engine.decode import generate
 from modescope.engine.samplers import SamplerSettings
 from modescope.engine.tree import Child, Node, PrefixTree
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend, ChatPrompt
+from modescope.models.base import Backend, ChatPrompt, require_one_prompt
 from modescope.probes.distribution import AnswerTree, LeadingSpace, Tokenizations, make_targets
 from modescope.probes.sampling import MAX_SAMPLES, sample_models
 from modescope.results import NotebookResult
@@ -140,8 +140,7 @@ def temperature_sweep(
     """
     from modescope.models import backends as resolve
 
-    if isinstance(prompt, list | tuple):
-        raise ModescopeError("temperature_sweep takes one prompt; for a list use ms.over_prompts('temperature', ...)")
+    require_one_prompt(prompt, "temperature_sweep", "temperature")
     _check_sweep(temperatures, n, max_tokens)
     loaded = resolve(models)  # names are loaded; duplicates refused
     points = []
