@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from modescope.probes.attractors import AttractorPlan, AttractorResult, attractor_experiment, run_attractor
-from modescope.viz.attractor_html import attractor_page, write_attractor_page
+from modescope.probes.attractors import (
+    AttractorPlan,
+    AttractorResult,
+    AttractorResults,
+    attractor_experiment,
+    run_attractor,
+)
+from modescope.viz.attractor_html import attractor_page
 from modescope.viz.attractor_plot import plot_attractors
 from tests.unit.test_attractors import chain_model
 
@@ -52,7 +58,7 @@ def test_model_text_is_escaped(tmp_path: Path) -> None:
     result.runs[0].continuation.tokens[0].text = " <script>alert(1)</script>"
     result.runs[1].inserted_text = "<script>"
     result.mainline.tokens[0].text = "<b>&"
-    path = write_attractor_page([result], "<script>prompt</script>", tmp_path / "a" / "page.html")
+    path = AttractorResults("<script>prompt</script>", [result]).save_html(tmp_path / "a" / "page.html")
     page = path.read_text(encoding="utf-8")
     assert "<script" not in page.lower()
     assert "&lt;script&gt;" in page

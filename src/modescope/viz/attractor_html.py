@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modescope.viz.offline import offline_csp
@@ -117,9 +116,3 @@ its probability. Underlined after “↩ rejoined”: the continuation is word f
 {sections}
 </body></html>
 """
-
-
-def write_attractor_page(results: list[AttractorResult], prompt: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(attractor_page(results, prompt), encoding="utf-8")
-    return path

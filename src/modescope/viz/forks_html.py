@@ -4,7 +4,6 @@ distribution shifts there, and per position the outcomes with their probabilitie
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modescope.viz.offline import offline_csp
@@ -66,9 +65,3 @@ from the previous position); the table lists the outcomes of continuations resam
 {sections}
 </body></html>
 """
-
-
-def write_forks_page(results: dict[str, ForkResult], prompt: str, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(forks_page(results, prompt), encoding="utf-8")
-    return path
