@@ -273,9 +273,7 @@ def sample(
             json_path.write_text(strict_json(data))
             console.print(f"wrote {json_path}")
         if html is not None:
-            from modescope.viz.tokens_html import write_sampling_page
-
-            write_sampling_page(result, html)
+            result.save_html(html)
             console.print(f"wrote {html}")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import math
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modescope.viz.offline import offline_csp
@@ -108,9 +107,3 @@ def probability_figure(result: SamplingResult) -> Figure:
     axes[0][0].set_ylabel("probability under the raw model")
     fig.tight_layout()
     return fig
-
-
-def write_sampling_page(result: SamplingResult, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(sampling_page(result), encoding="utf-8")
-    return path
