@@ -75,10 +75,9 @@ def _value(record: dict[str, Any], key: str) -> float:
 
 def render_plot(runs: list[LabRunData], path: Path) -> None:
     """Each metric against step (left) and against KL from the start model (right), every run on one axis."""
-    import matplotlib
+    from modescope.viz.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # Agg, but a notebook kernel keeps its inline backend
 
     rows = len(CURVE_METRICS)
     figure, axes = plt.subplots(rows, 2, figsize=(10, 2.1 * rows), squeeze=False)

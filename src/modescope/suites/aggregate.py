@@ -448,10 +448,9 @@ def homogeneity_metrics(payload: dict[str, Any]) -> list[Metric]:
 
 def metrics_figure(table: Table) -> Figure:
     """One panel per metric: a box per model over prompts, each prompt a jittered point."""
-    import matplotlib
+    from modescope.viz.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # Agg, but a notebook kernel keeps its inline backend
 
     names = table.names[:MAX_PANELS]
     columns = min(4, len(names))
@@ -498,12 +497,12 @@ def metrics_figure(table: Table) -> Figure:
 def _png(table: Table) -> Artifact:
     import io
 
-    fig = metrics_figure(table)  # selects the Agg backend before pyplot is imported here
-    import matplotlib.pyplot as plt
+    from modescope.viz.figures import detached
 
     buffer = io.BytesIO()
+    fig = metrics_figure(table)
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
+    detached(fig)
     return Artifact("image/png", buffer.getvalue())
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modescope.viz.figures import pyplot
+from modescope.viz.figures import pyplot, write_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -62,8 +62,4 @@ def attractor_figure(results: Sequence[AttractorResult]) -> Figure:
 
 def plot_attractors(results: Sequence[AttractorResult], path: Path) -> Path:
     """Write `attractor_figure` as a PNG."""
-    fig = attractor_figure(results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    pyplot().close(fig)
-    return path
+    return write_figure(attractor_figure(results), path)

@@ -18,10 +18,9 @@ def plot_calibration(result: StatedVsReal, path: Path) -> Path:
     """Write a PNG: one point per distinct response, its stated share on x and on y its exact share (the
     model's own probabilities renormalized over the responses) and its direct-sampling frequency, with the
     diagonal of perfect calibration and both Spearman correlations in the legend."""
-    import matplotlib
+    from modescope.viz.figures import pyplot, write_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # Agg, but a notebook kernel keeps its inline backend
 
     fig, ax = plt.subplots(figsize=(5.6, 5.0))
     stated = [r.stated_share for r in result.rows]
@@ -52,7 +51,4 @@ def plot_calibration(result: StatedVsReal, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)

@@ -79,10 +79,6 @@ def distribution_figure(result: DistributionResult) -> Figure:
 
 def plot_distribution(result: DistributionResult, path: Path) -> Path:
     """Write `distribution_figure` as a PNG; returns `path`."""
-    fig = distribution_figure(result)  # selects the Agg backend before pyplot is imported here
-    import matplotlib.pyplot as plt
+    from modescope.viz.figures import write_figure
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return write_figure(distribution_figure(result), path, dpi=120)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -30,3 +31,11 @@ def detached(figure: Figure) -> Figure:
     cell; it can still be saved or displayed."""
     pyplot().close(figure)
     return figure
+
+
+def write_figure(figure: Figure, path: Path, dpi: int = 110) -> Path:
+    """Save `figure` to `path` (format from the suffix; folders are created), close it in pyplot, return `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    detached(figure)
+    return path

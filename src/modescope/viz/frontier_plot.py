@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modescope.viz.figures import detached, pyplot
+from modescope.viz.figures import pyplot, write_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -39,11 +39,7 @@ def axis_label(name: str) -> str:
 
 def plot_frontier(payload: dict[str, Any], path: Path) -> Path:
     """Write the frontier of a `modescope.probes.frontier.summarize` payload as a PNG."""
-    fig = frontier_figure(payload)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    detached(fig)
-    return path
+    return write_figure(frontier_figure(payload), path)
 
 
 def frontier_figure(payload: dict[str, Any]) -> Figure:

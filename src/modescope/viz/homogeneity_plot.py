@@ -46,8 +46,9 @@ def plot_homogeneity(result: HomogeneityResult | Mapping[str, Any], path: Path) 
     diagonal cells also with the share of prompts above the threshold; unmeasured cells grey with "–"."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from modescope.viz.figures import pyplot, write_figure
+
+    plt = pyplot()  # Agg, but a notebook kernel keeps its inline backend
     import numpy as np
 
     data = _data(result)
@@ -96,10 +97,7 @@ def plot_homogeneity(result: HomogeneityResult | Mapping[str, Any], path: Path) 
         fontsize=9,
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return write_figure(fig, path)
 
 
 def _e(value: Any) -> str:

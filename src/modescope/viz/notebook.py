@@ -40,10 +40,10 @@ def framed(page: str, title: str, height: int) -> str:
 
 def figure_png(figure: Figure, alt: str) -> str:
     """An `<img>` holding `figure` as a PNG data URL (the figure is closed: it is not shown twice)."""
-    import matplotlib.pyplot as plt
+    from modescope.viz.figures import detached
 
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(figure)
+    detached(figure)
     encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f'<img alt="{html.escape(alt, quote=True)}" src="data:image/png;base64,{encoded}">'

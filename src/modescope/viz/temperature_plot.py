@@ -95,10 +95,6 @@ def _draw_fits(axes: Sequence[Any], fits: Sequence[TemperatureFit]) -> None:
 
 def plot_temperature(sweep: TemperatureSweep, fits: Sequence[TemperatureFit], path: Path) -> Path:
     """Write `temperature_figure` as a PNG; returns `path`."""
-    fig = temperature_figure(sweep, fits)  # selects the Agg backend before pyplot is imported here
-    import matplotlib.pyplot as plt
+    from modescope.viz.figures import write_figure
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return write_figure(temperature_figure(sweep, fits), path)
