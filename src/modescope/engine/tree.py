@@ -69,6 +69,16 @@ class ExpansionStats:
         return self.prompt_tokens + self.nodes
 
 
+@dataclass(frozen=True)
+class Planned:
+    """A node of a tree known before it is expanded: its parent's index in the plan (-1: the root), its token,
+    and the data to attach to it."""
+
+    parent: int
+    token: int
+    data: Any = None
+
+
 @dataclass
 class _Pending:
     parent_row: int
@@ -120,6 +130,58 @@ class PrefixTree:
             roots = [Node((), 0.0, data[first + k], first + k) for k in range(len(chunk))]
             pending = self._children(roots, 0, logprobs, batch_visit)
             self._expand_below(rows, pending, batch_visit)
+        self.stats.tokens_forwarded += self.backend.stats.tokens - before_tokens
+        self.stats.forward_calls += self.backend.stats.calls - before_calls
+        self.stats.seconds += time.perf_counter() - started
+        return self.stats
+
+    def expand_planned(
+        self, prompt: Sequence[int], plan: Sequence[Planned], visit: BatchVisit, root_data: Any = None
+    ) -> ExpansionStats | None:
+        """Visit the root, then every node of `plan` (parents before children), forwarding `batch_size` nodes
+        per pass with the backend's tree calls: each node costs one token position and no cache is copied, and
+        a pass holds nodes of any levels, so it stays full whatever the tree's shape. The visits' answers are
+        not used (the plan says which nodes exist). None, with nothing done, from a backend without tree calls:
+        then use `expand`."""
+        started = time.perf_counter()
+        before_tokens, before_calls = self.backend.stats.tokens, self.backend.stats.calls
+        begun = self.backend.tree_start(prompt)
+        if begun is None:
+            return None
+        tree, root_logprobs = begun
+        self.stats.prompt_tokens += len(prompt)
+        paths: list[tuple[int, ...]] = []
+        children: list[list[int]] = [[] for _ in range(len(plan) + 1)]  # children[k + 1]: those of node k
+        for k, node in enumerate(plan):
+            paths.append((*(paths[node.parent] if node.parent >= 0 else ()), node.token))
+            children[node.parent + 1].append(k)
+        logprob = [0.0] * len(plan)
+
+        def made(indices: Sequence[int], logprobs: torch.Tensor) -> list[Node]:
+            """The nodes of a forwarded batch (plan indices; -1 is the root), made in order: each row gives its
+            children their path log-probabilities, and a parent comes before its children, in this batch or an
+            earlier one."""
+            nodes = []
+            for row, k in enumerate(indices):
+                node = Node(paths[k], logprob[k], plan[k].data) if k >= 0 else Node((), 0.0, root_data)
+                below = children[k + 1]
+                steps = logprobs[row, [plan[c].token for c in below]].tolist() if below else []
+                for child, step in zip(below, steps, strict=True):
+                    logprob[child] = node.logprob + step
+                nodes.append(node)
+            return nodes
+
+        root_logprobs = self.transform(root_logprobs) if self.transform else root_logprobs
+        visit(made([-1], root_logprobs), root_logprobs)
+        for first in range(0, len(plan), self.batch_size):
+            batch = range(first, min(first + self.batch_size, len(plan)))
+            logprobs = self.backend.tree_extend(tree, [plan[k].parent for k in batch], [plan[k].token for k in batch])
+            logprobs = self.transform(logprobs) if self.transform else logprobs
+            visit(made(batch, logprobs), logprobs)
+            self.stats.nodes += len(batch)
+            self.stats.levels = max(self.stats.levels, max(len(paths[k]) for k in batch))
+            if self.progress:
+                self.progress(len(batch))
         self.stats.tokens_forwarded += self.backend.stats.tokens - before_tokens
         self.stats.forward_calls += self.backend.stats.calls - before_calls
         self.stats.seconds += time.perf_counter() - started

@@ -276,6 +276,19 @@ class Backend(ABC):
             chosen.extend(rows.prefixes[i] for i in indices)
         return PrefixRows(chosen)
 
+    def tree_start(self, prompt: Sequence[int]) -> tuple[Any, torch.Tensor] | None:
+        """Encode a prompt for tree calls (`tree_extend`): the tree's state and the prompt's next-token
+        log-probabilities [1, vocab]; None, before any work, from a backend without tree calls (the engine
+        then goes level by level with `extend`)."""
+        return None
+
+    def tree_extend(self, tree: Any, parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        """Add nodes to a tree from `tree_start`: node k (numbered on from the nodes added before) is token
+        `tokens[k]` after node `parents[k]`, or after the prompt for -1; a parent comes before its children,
+        in this call or an earlier one. Returns each new node's next-token log-probabilities [len(tokens), vocab],
+        in one forward pass that copies no cache (`models.tree_attention`)."""
+        raise NotImplementedError(f"model '{self.name}' takes no tree calls")
+
     @abstractmethod
     def next_logprobs(self, prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         """Full next-token log-probabilities after each prefix, shape [len(prefixes), vocab], float32 or

@@ -39,6 +39,7 @@ from modescope.models.safety import (
     refused_by_torch,
     remote_code_refused,
 )
+from modescope.models.tree_attention import TreeState, made_mask, tree_configs
 from modescope.models.vocab import Vocabulary, load_vocabulary, save_vocabulary, vocabulary_from_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,8 @@ class HFBackend(Backend):
         # float32 models with a plain LM head get it fused with the log-softmax, in vocabulary chunks (lm_head.py);
         # `fused_head = False` takes transformers' own head instead (the benchmarks' before and after)
         self.fused_head = plain_head(model) is not None and self._decoder_takes(self._cache_arg)
+        # the configs a tree call switches to tree attention (tree_attention.py); None: no tree calls
+        self._tree_configs = tree_configs(model) if self._cache_arg in ("cache", "past_key_values") else None
         self._check_byte_table()
 
     def _decoder_takes(self, cache_arg: str) -> bool:
@@ -219,17 +222,24 @@ class HFBackend(Backend):
         with torch.inference_mode():
             return self.model(input_ids=input_ids.to(self.device), **kwargs)
 
-    def _forward_next(self, input_ids: torch.Tensor, **kwargs: Any) -> tuple[Any, torch.Tensor]:
+    def _forward_next(
+        self, input_ids: torch.Tensor, every_position: bool = False, **kwargs: Any
+    ) -> tuple[Any, torch.Tensor]:
         """Forward `input_ids`; the output (with its cache) and the next-token log-probabilities after each row's
-        last position, through the fused chunked LM head when the model has a plain one."""
+        last position (with `every_position`, after every position of the one row given), through the fused
+        chunked LM head when the model has a plain one."""
+
+        def chosen(states: torch.Tensor) -> torch.Tensor:
+            return states[0] if every_position else states[:, -1]
+
         # the head is looked up at every call: weights converted after loading (`model.double()`) leave it
         head = plain_head(self.model) if self.fused_head and self.logprob_dtype == torch.float32 else None
         if head is None:
-            out = self._forward(input_ids, **kwargs, **self._last_logits_only)
-            return out, self._logprobs(out.logits[:, -1])
+            out = self._forward(input_ids, **kwargs, **({} if every_position else self._last_logits_only))
+            return out, self._logprobs(chosen(out.logits))
         out = self._decoder_forward(input_ids, **kwargs)
         with torch.inference_mode():
-            return out, head_logprobs(out.last_hidden_state[:, -1], head, self.vocab.size).cpu()
+            return out, head_logprobs(chosen(out.last_hidden_state), head, self.vocab.size).cpu()
 
     def _decoder_forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
         """The model without its LM head: the final hidden states (and the cache)."""
@@ -316,6 +326,29 @@ class HFBackend(Backend):
             ids, position_ids=positions, use_cache=True, **extra, **{self._cache_arg: cache}
         )
         return CacheRows(self._cache_of(out), len(tokens), prefix_length + 1, padding), logprobs
+
+    def tree_start(self, prompt: Sequence[int]) -> tuple[TreeState, torch.Tensor] | None:
+        if self._tree_configs is None:
+            return None
+        rows, logprobs = self.start(prompt)
+        assert isinstance(rows, CacheRows)
+        return TreeState.from_cache(rows.cache, len(prompt), self._tree_configs), logprobs
+
+    def tree_extend(self, tree: Any, parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+        assert isinstance(tree, TreeState)
+        call = tree.add(parents)
+        self.check_length(int(call.positions.max()) + 1)
+        ids = torch.tensor([list(tokens)], dtype=torch.long)
+        with tree.attending():
+            _, logprobs = self._forward_next(
+                ids,
+                every_position=True,
+                attention_mask=made_mask(),
+                position_ids=call.positions.unsqueeze(0),
+                modescope_tree=call,
+                **{self._cache_arg: tree},
+            )
+        return logprobs
 
     def concat(self, parts: Sequence[Rows]) -> Rows:
         caches = [p for p in parts if isinstance(p, CacheRows) and p.rows > 0]

@@ -2,13 +2,12 @@
 
 Next-token log-probabilities are `log_softmax(hidden @ W.T)` over the whole vocabulary, and on a CPU the LM
 head is the costliest matrix of a small model with a large vocabulary (Gemma 3's is 262144 x 640, more than half
-its parameters). Computed as transformers does, as one [rows, vocab] product, this CPU's BLAS runs it at 57-116
-GFLOPS (32-512 rows), then the log-softmax reads the 0.13-0.5 GB result again in several passes. Here the
-product is taken as `W[chunk] @ hidden.T`, the layout BLAS runs fastest (89-154 GFLOPS measured), one chunk of
-the vocabulary at a time; each chunk is copied into its place in the output while it is still in cache, and its
-maximum and exponential sum are taken there. The chunks' normalizers combine in float64, and one last pass
-subtracts the log-normalizer. The logits are the same dot products (bit-identical on this machine's MKL), the
-normalizer is summed in cascades within a chunk and in float64 across chunks, as accurate as
+its parameters). Computed as transformers does, as one [rows, vocab] product followed by a log-softmax, the
+0.13-0.5 GB result is read again from memory in several passes. Here the product is written one chunk of the
+vocabulary at a time straight into its columns of the output (BLAS writes a strided block as fast as a whole
+one), and each chunk's maximum and exponential sum are taken while it is still in cache. The chunks'
+normalizers combine in float64, and one last pass subtracts the log-normalizer. The logits are the same dot
+products, the normalizer is summed in cascades within a chunk and in float64 across chunks, as accurate as
 `hf.log_softmax_f32`. See benchmarks/bench_dist.py and bench_sample.py for the before and after.
 """
 
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-CHUNK = 8192  # vocabulary rows per product: a [8192, rows] block stays in cache for its copy and its sums
+CHUNK = 8192  # vocabulary columns per product: the sums read them while they are still in cache
 # models whose causal-LM logits are exactly `final hidden state @ lm_head.weight.T` (no bias, no scale, no
 # softcapping unless the config sets one, which `plain_head` refuses); others keep transformers' own head
 PLAIN_HEADS = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text"}
@@ -40,17 +39,12 @@ def plain_head(model: Any) -> torch.Tensor | None:
 
 def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, vocab: int) -> torch.Tensor:
     """float32 log-softmax of `hidden @ weight[:vocab].T` for `hidden` [rows, dim]: [rows, vocab]."""
-    rows = hidden.shape[0]
-    transposed = hidden.to(weight.dtype).T.contiguous()  # [dim, rows]
-    out = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device)
-    block = torch.empty(min(CHUNK, vocab), rows, dtype=torch.float32, device=hidden.device)
+    hidden = hidden.to(weight.dtype)
+    out = torch.empty(hidden.shape[0], vocab, dtype=torch.float32, device=hidden.device)
     tops, sums = [], []
     for start in range(0, vocab, CHUNK):
-        stop = min(start + CHUNK, vocab)
-        product = block[: stop - start]
-        torch.mm(weight[start:stop], transposed, out=product)
-        chunk = out[:, start:stop]
-        chunk.copy_(product.T)
+        chunk = out[:, start : start + CHUNK]
+        torch.mm(hidden, weight[start : start + CHUNK].T, out=chunk)
         top = chunk.max(dim=1, keepdim=True).values
         tops.append(top)
         sums.append((chunk - top).exp().sum(dim=1, keepdim=True))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from modescope import metrics
-from modescope.engine.tree import Child, ExpansionStats, Node, PrefixTree
+from modescope.engine.tree import Child, ExpansionStats, Node, Planned, PrefixTree
 from modescope.errors import ModescopeError
 from modescope.models.base import Answer, Backend, ChatPrompt, partial_distributions
 from modescope.models.vocab import Vocabulary, starts_with_boundary
@@ -598,7 +598,12 @@ def _expanded_bounds(
             return found
 
         tree = PrefixTree(backend, batch_size=batch_size, progress=advance, transform=tempered(temperature))
-        total = tree.expand_many(prompt_ids, None, [answers.root] * len(prompt_ids), visit_batch=visit)
+        # a whole distribution at every node: the tree is known before it is expanded, so a backend with tree
+        # calls takes it in a few full passes (nodes of every level together); otherwise level by level
+        planned = None
+        if not partial and len(prompt_ids) == 1:
+            planned = tree.expand_planned(prompt_ids[0], _plan(answers), visit, answers.root)
+        total = planned or tree.expand_many(prompt_ids, None, [answers.root] * len(prompt_ids), visit_batch=visit)
     own = [len(ids) + n for ids, n in zip(prompt_ids, nodes, strict=True)]  # token positions of each prompt
     found = []
     for k, ids in enumerate(prompt_ids):
@@ -606,6 +611,20 @@ def _expanded_bounds(
         stats = ExpansionStats(nodes[k], levels[k], len(ids), own[k], total.forward_calls, total.seconds * share)
         found.append((*answers.candidate_bounds(pieces[k], extras[k]), stats))
     return found
+
+
+def _plan(answers: AnswerTree) -> list[Planned]:
+    """Every node of the answer tree below the root, level by level, each with its parent's index."""
+    plan: list[Planned] = []
+    level: list[tuple[int, Any]] = [(-1, answers.root)]
+    while level:
+        below = []
+        for parent, data in level:
+            for child in answers.children(data):
+                plan.append(Planned(parent, child.token, child.data))
+                below.append((len(plan) - 1, child.data))
+        level = below
+    return plan
 
 
 def _tree_nodes(answers: AnswerTree) -> list[tuple[tuple[int, ...], Any]]:

@@ -1,0 +1,213 @@
+"""Tree attention: the nodes of a token tree forwarded against one shared key/value store, no cache copied.
+
+The level-by-level engine gives every node a KV-cache row of its own, so the prompt's keys and values are
+copied once per node and level (with Gemma 3 and every spelling of 0..100, a quarter of the time went to such
+copies), and a forward pass holds one tree level at most. Here the prompt is encoded once and each node's keys
+and values are written once, into a per-layer store. A node attends to the prompt (one matrix product shared by
+every node of a call) and to its ancestors and itself (at most the tree's depth, gathered from the store). A
+call writes its nodes' keys before any of them attends, so a node may have its parent in the same call: a
+whole answer tree goes in a few large forward passes, whatever the sizes of its levels.
+
+It runs inside transformers' own decoder: `tree_attention` is registered with transformers' AttentionInterface
+and chosen only for the duration of a tree call (`TreeState.attending`), the store stands in for the cache, and
+the decoder's mask building is skipped by handing it masks it takes as already made. The attention is the same
+softmax over the same keys as transformers' (sliding windows included), summed in another order: log-
+probabilities agree to float rounding (tests/unit/test_tree_attention.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+NAME = "modescope_tree"
+# decoders whose attention layers go through transformers' AttentionInterface and a cache's `update`, with no
+# attention softcapping (checked again on the config): the same families as the fused LM head
+TREE_MODELS = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text"}
+
+
+@dataclass
+class _LayerStore:
+    """One layer's keys and values: the prompt's (as its cache kept them) and the nodes' (one slot each)."""
+
+    prompt_keys: torch.Tensor  # [kv_heads, kept, head_dim]
+    prompt_values: torch.Tensor
+    offset: int  # position of the first prompt key kept (a sliding-window layer keeps only the last ones)
+    keys: torch.Tensor  # [kv_heads, capacity, head_dim]
+    values: torch.Tensor
+
+
+@dataclass
+class _Call:
+    """What the nodes of one forward pass attend to (passed to `tree_attention` through the decoder's kwargs)."""
+
+    state: TreeState
+    ancestors: torch.Tensor  # [rows, depth] store slots of each node's ancestors then itself, 0-padded
+    hidden: torch.Tensor  # [rows, depth] True where `ancestors` is padding
+    positions: torch.Tensor  # [rows] each node's position (the prompt's tokens are 0..prompt_length-1)
+
+
+@dataclass
+class TreeState:
+    """The prompt's keys and values and every node forwarded so far below it (see `HFBackend.tree_start`)."""
+
+    layers: list[_LayerStore]
+    prompt_length: int
+    chains: list[tuple[int, ...]] = field(default_factory=list)  # each node's ancestors' slots, then its own
+    configs: list[Any] = field(default_factory=list)  # the configs whose attention implementation a call switches
+    _start: int = 0  # the first slot of the call being forwarded
+
+    @classmethod
+    def from_cache(cls, cache: Any, prompt_length: int, configs: list[Any], capacity: int = 256) -> TreeState:
+        """A store holding what `cache` (a transformers cache of one row, the prompt) holds."""
+        layers = []
+        for layer in cache.layers:
+            keys, values = layer.keys[0], layer.values[0]
+            kv_heads, kept, dim = keys.shape
+            empty = keys.new_empty((kv_heads, capacity, dim))
+            layers.append(_LayerStore(keys, values, prompt_length - kept, empty, torch.empty_like(empty)))
+        return cls(layers, prompt_length, configs=configs)
+
+    @property
+    def nodes(self) -> int:
+        return len(self.chains)
+
+    def depth(self, node: int) -> int:
+        """Tokens after the prompt on the path to `node` (a root child has depth 1)."""
+        return len(self.chains[node])
+
+    def add(self, parents: Sequence[int]) -> _Call:
+        """Take a slot for each new node (child of `parents[k]`: a node, or -1 for the prompt; a parent may be a
+        node added earlier in the same list), and say what each attends to."""
+        self._start = first = self.nodes
+        for k, parent in enumerate(parents):
+            if not -1 <= parent < first + k:
+                raise ValueError(f"node {first + k} has parent {parent}: parents come before their children")
+            self.chains.append((*(self.chains[parent] if parent >= 0 else ()), first + k))
+        self._reserve(self.nodes)
+        chains = self.chains[first:]
+        deepest = max(len(c) for c in chains)
+        ancestors = torch.zeros(len(chains), deepest, dtype=torch.long)
+        hidden = torch.ones(len(chains), deepest, dtype=torch.bool)
+        for row, chain in enumerate(chains):
+            ancestors[row, : len(chain)] = torch.tensor(chain)
+            hidden[row, : len(chain)] = False
+        positions = torch.tensor([self.prompt_length + len(c) - 1 for c in chains])
+        device = self.layers[0].keys.device
+        return _Call(self, ancestors.to(device), hidden.to(device), positions.to(device))
+
+    def _reserve(self, slots: int) -> None:
+        for layer in self.layers:
+            capacity = layer.keys.shape[1]
+            if slots > capacity:
+                size = max(slots, 2 * capacity)
+                for name in ("keys", "values"):
+                    old = getattr(layer, name)
+                    grown = old.new_empty((old.shape[0], size, old.shape[2]))
+                    grown[:, :capacity] = old
+                    setattr(layer, name, grown)
+
+    # --- the cache interface the decoder's attention layers call --------------------------------------------
+    def update(
+        self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the call's keys and values ([1, kv_heads, rows, head_dim]) into their slots."""
+        layer = self.layers[layer_idx]
+        stop = self._start + keys.shape[2]
+        layer.keys[:, self._start : stop] = keys[0]
+        layer.values[:, self._start : stop] = values[0]
+        return keys, values
+
+    @contextmanager
+    def attending(self) -> Iterator[None]:
+        """While a tree call runs, its decoder's attention layers use `tree_attention`."""
+        register()
+        previous = [config._attn_implementation_internal for config in self.configs]
+        for config in self.configs:
+            config._attn_implementation_internal = NAME
+        try:
+            yield
+        finally:
+            for config, implementation in zip(self.configs, previous, strict=True):
+                config._attn_implementation_internal = implementation
+
+
+def tree_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    modescope_tree: _Call | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of a call's nodes ([1, heads, rows, head_dim] queries) over the prompt and their ancestors;
+    [1, rows, heads, head_dim] as transformers' attention functions answer. `key` and `value` are already in the
+    store (`TreeState.update`)."""
+    assert modescope_tree is not None, "tree attention runs only inside a tree call"
+    call = modescope_tree
+    layer = call.state.layers[int(module.layer_idx)]  # type: ignore[arg-type]
+    heads, rows, dim = query.shape[1:]
+    kv_heads = layer.keys.shape[0]
+    groups = heads // kv_heads  # query head h reads key/value head h // groups, as transformers' repeat_kv does
+    scale = scaling if scaling is not None else dim**-0.5
+    q = query[0].reshape(kv_heads, groups, rows, dim)
+    kept = layer.prompt_keys.shape[1]
+    on_prompt = torch.matmul(q.reshape(kv_heads, groups * rows, dim), layer.prompt_keys.transpose(1, 2))
+    on_prompt = on_prompt.view(kv_heads, groups, rows, kept) * scale
+    node_keys = layer.keys[:, call.ancestors]  # [kv_heads, rows, depth, head_dim]
+    node_values = layer.values[:, call.ancestors]
+    on_nodes = torch.einsum("kgmh,kmdh->kgmd", q, node_keys) * scale
+    hidden = call.hidden
+    if sliding_window is not None:  # keys sliding_window or more positions back are out of sight
+        oldest = (call.positions - sliding_window).unsqueeze(1)  # [rows, 1]: this position and those before go
+        prompt_positions = torch.arange(layer.offset, layer.offset + kept, device=oldest.device)
+        on_prompt = on_prompt.masked_fill(prompt_positions.unsqueeze(0) <= oldest, -torch.inf)
+        node_positions = call.state.prompt_length + torch.arange(hidden.shape[1], device=oldest.device)
+        hidden = hidden | (node_positions.unsqueeze(0) <= oldest)
+    on_nodes = on_nodes.masked_fill(hidden, -torch.inf)
+    weights = torch.softmax(torch.cat([on_prompt, on_nodes], dim=-1), dim=-1)
+    from_prompt = torch.matmul(weights[..., :kept].reshape(kv_heads, groups * rows, kept), layer.prompt_values)
+    out = from_prompt.view(kv_heads, groups, rows, dim) + torch.einsum(
+        "kgmd,kmdh->kgmh", weights[..., kept:], node_values
+    )
+    return out.reshape(heads, rows, dim).transpose(0, 1).unsqueeze(0).contiguous(), None
+
+
+_registered = False
+
+
+def register() -> None:
+    """Make `tree_attention` known to transformers (once per process)."""
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(NAME, tree_attention)
+        _registered = True
+
+
+def tree_configs(model: Any) -> list[Any] | None:
+    """The configs a tree call switches to tree attention, or None when the model cannot take tree calls."""
+    config = model.config.get_text_config()
+    if getattr(config, "model_type", None) not in TREE_MODELS:
+        return None
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return None
+    configs = {id(c): c for m in model.modules() if (c := getattr(m, "config", None)) is not None}
+    if not all(hasattr(c, "_attn_implementation_internal") for c in configs.values()):
+        return None
+    return list(configs.values())
+
+
+def made_mask() -> torch.Tensor:
+    """A mask the decoder takes as already made (transformers uses a 4D mask as given), so it builds none;
+    `tree_attention` ignores it."""
+    return torch.zeros(1, 1, 1, 1, dtype=torch.bool)

@@ -1,0 +1,125 @@
+"""Tree calls (models/tree_attention.py): every node of a token tree forwarded against one shared key/value store
+gives the log-probabilities of a full forward pass of its prefix, on tiny llama and gemma3 models (the gemma3 one
+with a sliding window shorter than prompt + tree), in float64 and float32; the planned expansion gives the
+level-by-level engine's masses and stats."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import modescope as ms
+from modescope.engine.tree import Child, Planned, PrefixTree, per_node
+from modescope.models.hf import HFBackend
+from modescope.models.tree_attention import TreeState
+from tests.unit.tiny_models import tiny_backend
+
+PROMPT = "Q: 12 or 7?\nA:"
+# a tree of 12 nodes, 6 levels deep (deeper than the gemma3 model's sliding window of 4): (parent, token)
+TREE = [(-1, 5), (-1, 17), (-1, 260), (0, 9), (0, 33), (1, 5), (3, 40), (3, 41), (6, 7), (8, 12), (2, 5), (9, 100)]
+
+
+def paths(tree: list[tuple[int, int]]) -> list[tuple[int, ...]]:
+    found: list[tuple[int, ...]] = []
+    for parent, token in tree:
+        found.append((*(found[parent] if parent >= 0 else ()), token))
+    return found
+
+
+def in_float32(architecture: str) -> HFBackend:
+    reference = tiny_backend(architecture)
+    return HFBackend(f"tiny-{architecture}-fp32", reference.model.float(), reference.tokenizer, source="in-process")
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+@pytest.mark.parametrize("split", [[12], [3, 9], [1, 4, 7]])
+def test_tree_calls_give_the_log_probabilities_of_full_passes(architecture: str, split: list[int]) -> None:
+    backend = tiny_backend(architecture)
+    ids = backend.prompt_ids(PROMPT)
+    begun = backend.tree_start(ids)
+    assert begun is not None
+    tree, root = begun
+    assert isinstance(tree, TreeState)
+    found, first = [], 0
+    for size in split:  # a parent in the same call or an earlier one
+        part = TREE[first : first + size]
+        found.append(backend.tree_extend(tree, [p for p, _ in part], [t for _, t in part]))
+        first += size
+    reference = backend.next_logprobs([ids] + [ids + list(path) for path in paths(TREE)])
+    assert torch.allclose(torch.cat([root, *found]), reference, atol=1e-12, rtol=0)
+    assert tree.nodes == len(TREE) and tree.depth(9) == 5
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_tree_calls_in_float32_with_the_fused_head(architecture: str) -> None:
+    backend = in_float32(architecture)
+    assert backend.fused_head
+    ids = backend.prompt_ids(PROMPT)
+    begun = backend.tree_start(ids)
+    assert begun is not None
+    logprobs = backend.tree_extend(begun[0], [p for p, _ in TREE], [t for _, t in TREE])
+    reference = backend.next_logprobs([ids + list(path) for path in paths(TREE)])
+    assert logprobs.dtype == torch.float32
+    assert torch.allclose(logprobs, reference, atol=2e-5, rtol=0)
+
+
+def test_tree_calls_leave_the_model_as_it_was() -> None:
+    backend = tiny_backend("llama")
+    implementation = backend.model.config._attn_implementation
+    ids = backend.prompt_ids(PROMPT)
+    begun = backend.tree_start(ids)
+    assert begun is not None
+    backend.tree_extend(begun[0], [-1, 0], [5, 9])
+    assert backend.model.config._attn_implementation == implementation
+    rows, _ = backend.start(ids)  # ordinary calls go on with transformers' attention and cache
+    _, step = backend.extend(rows, [0], [5])
+    assert torch.allclose(step, backend.next_logprobs([[*ids, 5]]), atol=1e-12, rtol=0)
+
+
+def test_a_parent_must_come_before_its_children() -> None:
+    backend = tiny_backend("llama")
+    begun = backend.tree_start(backend.prompt_ids(PROMPT))
+    assert begun is not None
+    with pytest.raises(ValueError, match="parents come before"):
+        backend.tree_extend(begun[0], [1, -1], [5, 9])
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_the_planned_expansion_visits_what_the_level_engine_visits(architecture: str) -> None:
+    backend = tiny_backend(architecture)
+    ids = backend.prompt_ids(PROMPT)
+    plan = [Planned(parent, token, k) for k, (parent, token) in enumerate(TREE)]
+    below: dict[object, list[int]] = {}
+    for k, (parent, _) in enumerate(TREE):
+        below.setdefault(parent if parent >= 0 else None, []).append(k)
+
+    def record(seen: dict[tuple[int, ...], tuple[float, torch.Tensor]]):  # type: ignore[no-untyped-def]
+        def visit(node, logprobs):  # type: ignore[no-untyped-def]
+            seen[node.path] = (node.logprob, logprobs.clone())
+            return [Child(plan[k].token, k) for k in below.get(node.data, [])]
+
+        return visit
+
+    planned: dict[tuple[int, ...], tuple[float, torch.Tensor]] = {}
+    stats = PrefixTree(backend, batch_size=5).expand_planned(ids, plan, per_node(record(planned)), None)
+    levels: dict[tuple[int, ...], tuple[float, torch.Tensor]] = {}
+    PrefixTree(backend, batch_size=5).expand(ids, record(levels), None)
+    assert stats is not None and set(planned) == set(levels) and len(planned) == len(TREE) + 1
+    for path, (logprob, logprobs) in levels.items():
+        assert planned[path][0] == pytest.approx(logprob, abs=1e-12)
+        assert torch.allclose(planned[path][1], logprobs, atol=1e-12, rtol=0)
+    assert (stats.nodes, stats.levels, stats.prompt_tokens) == (len(TREE), 6, len(ids))
+    assert stats.tokens_forwarded == stats.minimum_tokens and stats.forward_calls == 1 + 3  # the prompt, 12 / 5
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_distributions_take_tree_calls_and_keep_their_masses(architecture: str) -> None:
+    backend = tiny_backend(architecture)
+    candidates = ms.integers(0, 30)
+    planned = ms.distribution(backend, PROMPT, candidates)
+    calls = planned.results[0].stats.forward_calls
+    backend.tree_start = lambda prompt: None  # type: ignore[method-assign]  # as a backend without tree calls
+    levels = ms.distribution(backend, PROMPT, candidates)
+    mass, reference = planned.to_pandas()["mass"], levels.to_pandas()["mass"]
+    assert ((mass - reference).abs() <= 1e-12 * reference + 1e-300).all()
+    assert calls < levels.results[0].stats.forward_calls
