@@ -18,8 +18,9 @@ What the engine holds, from reading it (engine/decode.py, engine/tree.py, probes
   and forwards 64 nodes a batch (6.0 copies of the batch's [rows, vocabulary] float64 measured; counted
   as 7). Nodes reaching the cutoff number at most models / cutoff per depth, and merged nodes had 1.0-1.2
   spellings each on SmolLM2 (counted as 2);
-- exact answer-set trees forward --batch-size nodes a batch (6.6 copies of its [rows, vocabulary] float64
-  measured; counted as 7) and keep about 512 rows of KV cache per level.
+- exact answer-set trees forward --batch-size nodes a batch (3.9 copies of its [rows, vocabulary] float32
+  measured on Gemma 3 at 256 rows, counted as 4; float64 models, tests' tiny ones, are not checked) and keep
+  about 512 rows of KV cache per level (one prompt's tree, with tree calls, keeps far less).
 Estimates are in bytes and err high (sliding-window layers are counted as full ones, prompts as one token
 per byte); weights count as parameters x dtype bytes. Checked against a real run: `sample -n 256 --max-tokens
 48` on SmolLM2 (CPU, float32) peaked at 2.22 GiB RSS; the estimate was 2.39 GiB (of which the process already
@@ -42,11 +43,12 @@ from modescope.models.dtypes import auto_dtype
 from modescope.models.safety import local_files
 
 FLOAT64 = 8
+FLOAT32 = 4
 DECODE_COPIES = 6  # [rows, vocabulary] float64 copies at a decode step's peak, temperature alone
 FILTERED_DECODE_COPIES = 10  # ... with truncation samplers (sorts, masks, XTC's coin flips)
 GUIDE_COPIES = 3  # base-guided decoding: the guide's distributions and their mixture
 TREE_COPIES = 7  # a multiverse batch: logprobs, their copy, joint masses, per-node slices
-DIST_COPIES = 7  # an answer-set tree batch (6.6 measured): logits, float64 log-softmax, contributions
+DIST_COPIES = 4  # an answer-set tree batch, float32 (3.9 measured at 256 rows): log-probabilities, their exp, sums
 RECORD_BYTES = 1280  # a generated token's record, its dict and its JSON, alternatives aside
 ALTERNATIVE_BYTES = 512  # one recorded alternative, likewise
 SPELLINGS_PER_NODE = 2  # token paths forwarded per merged multiverse node
@@ -659,8 +661,8 @@ def distribution_parts(
     for shape in request.shapes:
         work = Part(
             f"tree buffers of {shape.name}",
-            batch_size * shape.vocab * FLOAT64 * DIST_COPIES,
-            f"{request.option('batch_size', batch_size)} x vocabulary {shape.vocab:,} x {FLOAT64} bytes x "
+            batch_size * shape.vocab * FLOAT32 * DIST_COPIES,
+            f"{request.option('batch_size', batch_size)} x vocabulary {shape.vocab:,} x {FLOAT32} bytes x "
             f"{DIST_COPIES} copies",
             request.lower("batch_size"),
         )
@@ -742,7 +744,7 @@ def probe_parts(request: Request, probe: Any, prompts: int) -> list[Part]:
         return multiverse_parts(request, probe.depth, probe.cutoff, probe.max_nodes)
     if probe.kind == "distribution":
         together = min(prompts, DISTRIBUTION_PROMPTS)
-        return distribution_parts(request, probe.values() or [], 128, probe.leading_space, together)
+        return distribution_parts(request, probe.values() or [], 256, probe.leading_space, together)
     return []
 
 

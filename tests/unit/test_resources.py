@@ -154,7 +154,7 @@ def test_forks_estimate() -> None:
 def test_distribution_estimate() -> None:
     # " 1" and " 22" with an optional space: 2 + 3 bytes x 2 variants x 2 spellings = 20 rows of 10 + 3 tokens
     parts = by_name(resources.distribution_parts(request(), ["1", "22"], batch_size=16, leading_space="optional"))
-    assert parts == {"tree buffers of small": 16 * 1000 * 8 * 7, "KV cache of small": 20 * (10 + 3) * KV_PER_TOKEN}
+    assert parts == {"tree buffers of small": 16 * 1000 * 4 * 4, "KV cache of small": 20 * (10 + 3) * KV_PER_TOKEN}
     rows = by_name(resources.distribution_parts(request(), ["1", "22"], batch_size=16, leading_space="none"))
     assert rows["KV cache of small"] == (1 + 2) * 2 * (10 + 2) * KV_PER_TOKEN
 

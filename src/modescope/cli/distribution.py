@@ -79,7 +79,7 @@ def dist(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON.")] = None,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of the distributions.")] = None,
     top: Annotated[int, typer.Option(help="Outcomes to show per model.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Tree nodes per forward pass.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Tree nodes per forward pass.")] = 256,
     device: Device = "auto",
     dtype: Dtype = "auto",
     tokenizer: Tokenizer = None,
@@ -98,7 +98,7 @@ def dist(
             cands = candidates(integers, choices, choices_file, max_candidates)
             keys: dict[str, Any] = {"leading_space": leading_space.value, "tokenizations": tokenizations.value}
             keys |= {"temperature": temperature, "prefill": prefill, "choices": cands}
-            refuse_in_prompt_set({"--plot": plot is not None, "--top": top != 10, "--batch-size": batch_size != 128})
+            refuse_in_prompt_set({"--plot": plot is not None, "--top": top != 10, "--batch-size": batch_size != 256})
             over_prompt_set("distribution", keys, model, chat, system, json_path, None, device, dtype, locals())
             return
 

@@ -40,6 +40,9 @@ LeadingSpace = Literal["optional", "required", "none"]
 Tokenizations = Literal["all", "canonical"]
 LEADING_VARIANTS: dict[str, tuple[str, ...]] = {"optional": ("", " "), "required": (" ",), "none": ("",)}
 MAX_TREE_NODES = 500_000
+# tree nodes per forward pass: with tree calls a pass holds nodes of every level, and 256 rows keep BLAS
+# near its best (11% faster than 128 on Gemma 3 with every spelling of 0..100; 1 GB at the peak there)
+TREE_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -497,7 +500,7 @@ def outcome_distribution(
     candidates: Sequence[str],
     leading_space: LeadingSpace = "optional",
     tokenizations: Tokenizations = "all",
-    batch_size: int = 128,
+    batch_size: int = TREE_BATCH,
     progress: Callable[[int, int], None] | None = None,
     temperature: float = 1.0,
 ) -> ModelDistribution:
@@ -517,7 +520,7 @@ def outcome_distributions(
     candidates: Sequence[str],
     leading_space: LeadingSpace = "optional",
     tokenizations: Tokenizations = "all",
-    batch_size: int = 128,
+    batch_size: int = TREE_BATCH,
     progress: Callable[[int, int], None] | None = None,
     temperature: float = 1.0,
 ) -> list[ModelDistribution]:
@@ -811,7 +814,7 @@ def distribution(
     candidates: Sequence[str],
     leading_space: LeadingSpace = "optional",
     tokenizations: Tokenizations = "all",
-    batch_size: int = 128,
+    batch_size: int = TREE_BATCH,
     progress: Callable[[str, int, int], None] | None = None,
     temperature: float = 1.0,
 ) -> DistributionResult:
