@@ -10,6 +10,7 @@ import torch
 
 import modescope as ms
 from modescope.engine.tree import Child, Planned, PrefixTree, per_node
+from modescope.models import lm_head
 from modescope.models.hf import HFBackend
 from modescope.models.tree_attention import TreeState
 from tests.unit.tiny_models import tiny_backend
@@ -39,28 +40,39 @@ def test_tree_calls_give_the_log_probabilities_of_full_passes(architecture: str,
     begun = backend.tree_start(ids)
     assert begun is not None
     tree, root = begun
-    assert isinstance(tree, TreeState)
+    assert isinstance(tree, TreeState) and root.set_sums is None
     found, first = [], 0
     for size in split:  # a parent in the same call or an earlier one
         part = TREE[first : first + size]
-        found.append(backend.tree_extend(tree, [p for p, _ in part], [t for _, t in part]))
+        found.append(backend.tree_extend(tree, [p for p, _ in part], [t for _, t in part]).logprobs)
         first += size
     reference = backend.next_logprobs([ids] + [ids + list(path) for path in paths(TREE)])
-    assert torch.allclose(torch.cat([root, *found]), reference, atol=1e-12, rtol=0)
+    assert torch.allclose(torch.cat([root.logprobs, *found]), reference, atol=1e-12, rtol=0)
     assert tree.nodes == len(TREE) and tree.depth(9) == 5
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
-def test_tree_calls_in_float32_with_the_fused_head(architecture: str) -> None:
+@pytest.mark.parametrize("fused", [True, False])
+def test_tree_calls_in_float32_sum_token_sets(architecture: str, fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lm_head, "CHUNK", 48)  # several vocabulary chunks, each summed on its own
     backend = in_float32(architecture)
     assert backend.fused_head
+    backend.fused_head = fused
     ids = backend.prompt_ids(PROMPT)
-    begun = backend.tree_start(ids)
+    generator = torch.Generator().manual_seed(0)
+    sets = (torch.rand(2, backend.vocab.size, generator=generator) < 0.3).float()
+    begun = backend.tree_start(ids, sets)
     assert begun is not None
-    logprobs = backend.tree_extend(begun[0], [p for p, _ in TREE], [t for _, t in TREE])
+    step = backend.tree_extend(begun[0], [p for p, _ in TREE], [t for _, t in TREE])
     reference = backend.next_logprobs([ids + list(path) for path in paths(TREE)])
-    assert logprobs.dtype == torch.float32
-    assert torch.allclose(logprobs, reference, atol=2e-5, rtol=0)
+    assert step.logprobs.dtype == torch.float32
+    assert torch.allclose(step.logprobs, reference, atol=2e-5, rtol=0)
+    expected = (reference.double().exp() @ sets.double().T).to(torch.float64)
+    for got in (step.set_sums, begun[1].set_sums):
+        assert got is not None and got.dtype == torch.float64
+    assert torch.allclose(step.set_sums, expected, rtol=1e-5, atol=0)
+    root = backend.next_logprobs([ids]).double().exp() @ sets.double().T
+    assert torch.allclose(begun[1].set_sums, root, rtol=1e-5, atol=0)
 
 
 def test_tree_calls_leave_the_model_as_it_was() -> None:
@@ -101,7 +113,8 @@ def test_the_planned_expansion_visits_what_the_level_engine_visits(architecture:
         return visit
 
     planned: dict[tuple[int, ...], tuple[float, torch.Tensor]] = {}
-    stats = PrefixTree(backend, batch_size=5).expand_planned(ids, plan, per_node(record(planned)), None)
+    each = per_node(record(planned))
+    stats = PrefixTree(backend, batch_size=5).expand_planned(ids, plan, lambda nodes, step: each(nodes, step.logprobs))
     levels: dict[tuple[int, ...], tuple[float, torch.Tensor]] = {}
     PrefixTree(backend, batch_size=5).expand(ids, record(levels), None)
     assert stats is not None and set(planned) == set(levels) and len(planned) == len(TREE) + 1
@@ -118,7 +131,7 @@ def test_distributions_take_tree_calls_and_keep_their_masses(architecture: str) 
     candidates = ms.integers(0, 30)
     planned = ms.distribution(backend, PROMPT, candidates)
     calls = planned.results[0].stats.forward_calls
-    backend.tree_start = lambda prompt: None  # type: ignore[method-assign]  # as a backend without tree calls
+    backend.tree_start = lambda *args: None  # type: ignore[method-assign]  # as a backend without tree calls
     levels = ms.distribution(backend, PROMPT, candidates)
     mass, reference = planned.to_pandas()["mass"], levels.to_pandas()["mass"]
     assert ((mass - reference).abs() <= 1e-12 * reference + 1e-300).all()

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from modescope.models.base import Backend, Rows
+from modescope.models.base import Backend, Rows, TreeStep, token_set_sums
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ BatchVisit = Callable[[Sequence[Node], torch.Tensor], Sequence[Sequence[Child]]]
 """Called once per forwarded batch with its nodes and their next-token log-probabilities [nodes, vocab]; returns
 each node's children. Work over the vocabulary (a sum over thousands of tokens, say) is then done for the whole
 batch in one tensor operation instead of once per node."""
+
+
+PlannedVisit = Callable[[Sequence[Node], TreeStep], object]
+"""Called once per batch of a planned expansion with its nodes and their step (`TreeStep`)."""
 
 
 def per_node(visit: Visit) -> BatchVisit:
@@ -136,19 +140,25 @@ class PrefixTree:
         return self.stats
 
     def expand_planned(
-        self, prompt: Sequence[int], plan: Sequence[Planned], visit: BatchVisit, root_data: Any = None
+        self,
+        prompt: Sequence[int],
+        plan: Sequence[Planned],
+        visit: PlannedVisit,
+        root_data: Any = None,
+        token_sets: torch.Tensor | None = None,
     ) -> ExpansionStats | None:
         """Visit the root, then every node of `plan` (parents before children), forwarding `batch_size` nodes
         per pass with the backend's tree calls: each node costs one token position and no cache is copied, and
-        a pass holds nodes of any levels, so it stays full whatever the tree's shape. The visits' answers are
-        not used (the plan says which nodes exist). None, with nothing done, from a backend without tree calls:
-        then use `expand`."""
+        a pass holds nodes of any levels, so it stays full whatever the tree's shape. Each visit gets a batch's
+        nodes and their step: log-probabilities and, for `token_sets` [sets, vocab], each set's probability
+        (summed by the backend as it normalizes, when no `transform` changes the distributions first). None,
+        with nothing done, from a backend without tree calls: then use `expand`."""
         started = time.perf_counter()
         before_tokens, before_calls = self.backend.stats.tokens, self.backend.stats.calls
-        begun = self.backend.tree_start(prompt)
+        begun = self.backend.tree_start(prompt, None if self.transform else token_sets)
         if begun is None:
             return None
-        tree, root_logprobs = begun
+        tree, root_step = begun
         self.stats.prompt_tokens += len(prompt)
         paths: list[tuple[int, ...]] = []
         children: list[list[int]] = [[] for _ in range(len(plan) + 1)]  # children[k + 1]: those of node k
@@ -171,13 +181,19 @@ class PrefixTree:
                 nodes.append(node)
             return nodes
 
-        root_logprobs = self.transform(root_logprobs) if self.transform else root_logprobs
-        visit(made([-1], root_logprobs), root_logprobs)
+        def transformed(step: TreeStep) -> TreeStep:
+            if not self.transform:
+                return step
+            logprobs = self.transform(step.logprobs)
+            return TreeStep(logprobs, token_set_sums(logprobs, token_sets))
+
+        root_step = transformed(root_step)
+        visit(made([-1], root_step.logprobs), root_step)
         for first in range(0, len(plan), self.batch_size):
             batch = range(first, min(first + self.batch_size, len(plan)))
-            logprobs = self.backend.tree_extend(tree, [plan[k].parent for k in batch], [plan[k].token for k in batch])
-            logprobs = self.transform(logprobs) if self.transform else logprobs
-            visit(made(batch, logprobs), logprobs)
+            step = self.backend.tree_extend(tree, [plan[k].parent for k in batch], [plan[k].token for k in batch])
+            step = transformed(step)
+            visit(made(batch, step.logprobs), step)
             self.stats.nodes += len(batch)
             self.stats.levels = max(self.stats.levels, max(len(paths[k]) for k in batch))
             if self.progress:

@@ -151,6 +151,25 @@ class PrefixRows(Rows):
 
 
 @dataclass
+class TreeStep:
+    """What a tree call gives for its nodes: next-token log-probabilities [nodes, vocab] and, when the tree was
+    started with token sets, each set's total probability after each node [nodes, sets], float64."""
+
+    logprobs: torch.Tensor
+    set_sums: torch.Tensor | None = None
+
+
+def token_set_sums(logprobs: torch.Tensor, token_sets: torch.Tensor | None) -> torch.Tensor | None:
+    """Each token set's total probability [rows, sets] (float64) from log-probabilities [rows, vocab], summed in
+    cascades (`Tensor.sum`); None without sets. `token_sets` [sets, vocab] holds 0/1 weights."""
+    if token_sets is None:
+        return None
+    probs = logprobs.exp()
+    weights = token_sets.to(probs.dtype)
+    return torch.stack([(probs * w).sum(-1) for w in weights], dim=1).double()
+
+
+@dataclass
 class ForwardStats:
     """What a backend actually computed: token positions forwarded and forward calls made."""
 
@@ -276,17 +295,18 @@ class Backend(ABC):
             chosen.extend(rows.prefixes[i] for i in indices)
         return PrefixRows(chosen)
 
-    def tree_start(self, prompt: Sequence[int]) -> tuple[Any, torch.Tensor] | None:
-        """Encode a prompt for tree calls (`tree_extend`): the tree's state and the prompt's next-token
-        log-probabilities [1, vocab]; None, before any work, from a backend without tree calls (the engine
-        then goes level by level with `extend`)."""
+    def tree_start(self, prompt: Sequence[int], token_sets: torch.Tensor | None = None) -> tuple[Any, TreeStep] | None:
+        """Encode a prompt for tree calls (`tree_extend`): the tree's state and the prompt's step; None, before
+        any work, from a backend without tree calls (the engine then goes level by level with `extend`).
+        `token_sets` [sets, vocab] (0/1 weights) are summed over at every node of the tree
+        (`TreeStep.set_sums`)."""
         return None
 
-    def tree_extend(self, tree: Any, parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+    def tree_extend(self, tree: Any, parents: Sequence[int], tokens: Sequence[int]) -> TreeStep:
         """Add nodes to a tree from `tree_start`: node k (numbered on from the nodes added before) is token
         `tokens[k]` after node `parents[k]`, or after the prompt for -1; a parent comes before its children,
-        in this call or an earlier one. Returns each new node's next-token log-probabilities [len(tokens), vocab],
-        in one forward pass that copies no cache (`models.tree_attention`)."""
+        in this call or an earlier one. Each new node's step comes from one forward pass that copies no cache
+        (`models.tree_attention`)."""
         raise NotImplementedError(f"model '{self.name}' takes no tree calls")
 
     @abstractmethod

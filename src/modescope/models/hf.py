@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend, Capabilities, ChatPrompt, Rows
+from modescope.models.base import Backend, Capabilities, ChatPrompt, Rows, TreeStep, token_set_sums
 from modescope.models.dtypes import auto_dtype
 from modescope.models.gguf_convert import Header
 from modescope.models.lm_head import head_logprobs, plain_head
@@ -222,24 +222,33 @@ class HFBackend(Backend):
         with torch.inference_mode():
             return self.model(input_ids=input_ids.to(self.device), **kwargs)
 
-    def _forward_next(
-        self, input_ids: torch.Tensor, every_position: bool = False, **kwargs: Any
-    ) -> tuple[Any, torch.Tensor]:
+    def _fused(self) -> torch.Tensor | None:
+        """The LM head weight when the fused head applies. Looked up at every call: weights converted after
+        loading (`model.double()`) leave it."""
+        return plain_head(self.model) if self.fused_head and self.logprob_dtype == torch.float32 else None
+
+    def _forward_next(self, input_ids: torch.Tensor, **kwargs: Any) -> tuple[Any, torch.Tensor]:
         """Forward `input_ids`; the output (with its cache) and the next-token log-probabilities after each row's
-        last position (with `every_position`, after every position of the one row given), through the fused
-        chunked LM head when the model has a plain one."""
-
-        def chosen(states: torch.Tensor) -> torch.Tensor:
-            return states[0] if every_position else states[:, -1]
-
-        # the head is looked up at every call: weights converted after loading (`model.double()`) leave it
-        head = plain_head(self.model) if self.fused_head and self.logprob_dtype == torch.float32 else None
+        last position, through the fused chunked LM head when the model has a plain one."""
+        head = self._fused()
         if head is None:
-            out = self._forward(input_ids, **kwargs, **({} if every_position else self._last_logits_only))
-            return out, self._logprobs(chosen(out.logits))
+            out = self._forward(input_ids, **kwargs, **self._last_logits_only)
+            return out, self._logprobs(out.logits[:, -1])
         out = self._decoder_forward(input_ids, **kwargs)
         with torch.inference_mode():
-            return out, head_logprobs(chosen(out.last_hidden_state), head, self.vocab.size).cpu()
+            return out, head_logprobs(out.last_hidden_state[:, -1], head, self.vocab.size)[0].cpu()
+
+    def _forward_every(self, input_ids: torch.Tensor, token_sets: torch.Tensor | None, **kwargs: Any) -> TreeStep:
+        """Forward one row of `input_ids`; the step after every one of its positions (a tree call's nodes)."""
+        head = self._fused()
+        if head is None:
+            logprobs = self._logprobs(self._forward(input_ids, **kwargs).logits[0])
+            return TreeStep(logprobs, token_set_sums(logprobs, token_sets))
+        out = self._decoder_forward(input_ids, **kwargs)
+        with torch.inference_mode():
+            sets = token_sets.to(self.device, torch.float32) if token_sets is not None else None
+            logprobs, sums = head_logprobs(out.last_hidden_state[0], head, self.vocab.size, sets)
+        return TreeStep(logprobs.cpu(), sums.cpu() if sums is not None else None)
 
     def _decoder_forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
         """The model without its LM head: the final hidden states (and the cache)."""
@@ -327,28 +336,30 @@ class HFBackend(Backend):
         )
         return CacheRows(self._cache_of(out), len(tokens), prefix_length + 1, padding), logprobs
 
-    def tree_start(self, prompt: Sequence[int]) -> tuple[TreeState, torch.Tensor] | None:
+    def tree_start(
+        self, prompt: Sequence[int], token_sets: torch.Tensor | None = None
+    ) -> tuple[TreeState, TreeStep] | None:
         if self._tree_configs is None:
             return None
         rows, logprobs = self.start(prompt)
         assert isinstance(rows, CacheRows)
-        return TreeState.from_cache(rows.cache, len(prompt), self._tree_configs), logprobs
+        tree = TreeState.from_cache(rows.cache, len(prompt), self._tree_configs, token_sets)
+        return tree, TreeStep(logprobs, token_set_sums(logprobs, token_sets))
 
-    def tree_extend(self, tree: Any, parents: Sequence[int], tokens: Sequence[int]) -> torch.Tensor:
+    def tree_extend(self, tree: Any, parents: Sequence[int], tokens: Sequence[int]) -> TreeStep:
         assert isinstance(tree, TreeState)
         call = tree.add(parents)
         self.check_length(int(call.positions.max()) + 1)
         ids = torch.tensor([list(tokens)], dtype=torch.long)
         with tree.attending():
-            _, logprobs = self._forward_next(
+            return self._forward_every(
                 ids,
-                every_position=True,
+                tree.token_sets,
                 attention_mask=made_mask(),
                 position_ids=call.positions.unsqueeze(0),
                 modescope_tree=call,
                 **{self._cache_arg: tree},
             )
-        return logprobs
 
     def concat(self, parts: Sequence[Rows]) -> Rows:
         caches = [p for p in parts if isinstance(p, CacheRows) and p.rows > 0]

@@ -37,18 +37,30 @@ def plain_head(model: Any) -> torch.Tensor | None:
     return head.weight.detach()
 
 
-def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, vocab: int) -> torch.Tensor:
-    """float32 log-softmax of `hidden @ weight[:vocab].T` for `hidden` [rows, dim]: [rows, vocab]."""
+def head_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, vocab: int, token_sets: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """float32 log-softmax of `hidden @ weight[:vocab].T` for `hidden` [rows, dim]: [rows, vocab]; and, for
+    `token_sets` [sets, vocab] (0/1 float32 weights), each set's probability [rows, sets] in float64, summed
+    from the exponentials the normalizer is summed from (no pass over the output again)."""
     hidden = hidden.to(weight.dtype)
     out = torch.empty(hidden.shape[0], vocab, dtype=torch.float32, device=hidden.device)
-    tops, sums = [], []
+    tops, sums, set_parts = [], [], []
     for start in range(0, vocab, CHUNK):
         chunk = out[:, start : start + CHUNK]
         torch.mm(hidden, weight[start : start + CHUNK].T, out=chunk)
         top = chunk.max(dim=1, keepdim=True).values
         tops.append(top)
-        sums.append((chunk - top).exp().sum(dim=1, keepdim=True))
+        exps = (chunk - top).exp_()
+        sums.append(exps.sum(dim=1, keepdim=True))
+        if token_sets is not None:
+            parts = [(exps * weights[start : start + CHUNK]).sum(dim=1) for weights in token_sets]
+            set_parts.append(torch.stack(parts, dim=1))
     top64 = torch.cat(tops, dim=1).double()
     peak = top64.max(dim=1, keepdim=True).values
-    normalizer = peak + (torch.cat(sums, dim=1).double() * (top64 - peak).exp()).sum(dim=1, keepdim=True).log()
-    return out.sub_(normalizer.float())
+    scale = (top64 - peak).exp()  # [rows, chunks]: each chunk's exponentials relative to the row's peak
+    total = (torch.cat(sums, dim=1).double() * scale).sum(dim=1, keepdim=True)
+    set_sums = None
+    if token_sets is not None:  # [rows, sets, chunks] weighed like the normalizer's parts
+        set_sums = (torch.stack(set_parts, dim=2).double() * scale.unsqueeze(1)).sum(dim=2) / total
+    return out.sub_((peak + total.log()).float()), set_sums

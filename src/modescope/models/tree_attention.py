@@ -59,18 +59,21 @@ class TreeState:
     prompt_length: int
     chains: list[tuple[int, ...]] = field(default_factory=list)  # each node's ancestors' slots, then its own
     configs: list[Any] = field(default_factory=list)  # the configs whose attention implementation a call switches
+    token_sets: torch.Tensor | None = None  # [sets, vocab] summed over at every node (`TreeStep.set_sums`)
     _start: int = 0  # the first slot of the call being forwarded
 
     @classmethod
-    def from_cache(cls, cache: Any, prompt_length: int, configs: list[Any], capacity: int = 256) -> TreeState:
+    def from_cache(
+        cls, cache: Any, prompt_length: int, configs: list[Any], token_sets: torch.Tensor | None = None
+    ) -> TreeState:
         """A store holding what `cache` (a transformers cache of one row, the prompt) holds."""
         layers = []
         for layer in cache.layers:
             keys, values = layer.keys[0], layer.values[0]
             kv_heads, kept, dim = keys.shape
-            empty = keys.new_empty((kv_heads, capacity, dim))
+            empty = keys.new_empty((kv_heads, 256, dim))  # room for 256 nodes, doubled when full
             layers.append(_LayerStore(keys, values, prompt_length - kept, empty, torch.empty_like(empty)))
-        return cls(layers, prompt_length, configs=configs)
+        return cls(layers, prompt_length, configs=configs, token_sets=token_sets)
 
     @property
     def nodes(self) -> int:

@@ -28,7 +28,7 @@ import torch
 from modescope import metrics
 from modescope.engine.tree import Child, ExpansionStats, Node, Planned, PrefixTree
 from modescope.errors import ModescopeError
-from modescope.models.base import Answer, Backend, ChatPrompt, partial_distributions
+from modescope.models.base import Answer, Backend, ChatPrompt, TreeStep, partial_distributions
 from modescope.models.vocab import Vocabulary, starts_with_boundary
 from modescope.results import NotebookResult
 
@@ -417,26 +417,32 @@ class AnswerTree:
         found += [(k, node_logprob + float(logprobs[token])) for token, k in plan.straddles]
         return found
 
-    def batch_sums(self, logprobs: torch.Tensor, partial: bool) -> BatchSums:
+    def batch_sums(self, logprobs: torch.Tensor, partial: bool, boundary: torch.Tensor | None = None) -> BatchSums:
         """The sums over token sets every node of a forwarded batch [nodes, vocab] needs, for the whole batch at
-        once: two passes over the batch instead of a gather and a log-sum-exp per node.
+        once: two passes over the batch instead of a gather and a log-sum-exp per node; `boundary`, the boundary
+        tokens' probability [nodes] (float64), when the backend summed it already (`token_sets`).
 
         Sums are torch's cascade sums (relative error ~2e-7 in float32 over 262k terms, measured against
         float64). A float32 exp underflows below ~1e-38, so a row whose boundary mass comes out under 1e-30 gets an
         exact float64 log-sum-exp instead (rare: the event is then negligible)."""
-        probs = logprobs.exp()
+        rows = len(logprobs)
         undecided = (
-            probs.index_select(1, self.undecided).sum(-1).double()
+            logprobs.index_select(1, self.undecided).exp().sum(-1).double()
             if len(self.undecided)
-            else torch.zeros(len(probs), dtype=torch.float64)
+            else torch.zeros(rows, dtype=torch.float64)
         )
-        shown = probs.sum(-1).double() if partial else torch.ones(len(probs), dtype=torch.float64)
-        # the boundary tokens' mass: the other tokens zeroed in place (no second [nodes, vocab] buffer), then summed
-        boundary = probs.mul_(self._boundary_weights(probs.dtype)).sum(-1).double()
+        shown = logprobs.exp().sum(-1).double() if partial else torch.ones(rows, dtype=torch.float64)
+        if boundary is None:
+            # the other tokens zeroed in place (no second [nodes, vocab] buffer), then summed
+            boundary = logprobs.exp().mul_(self._boundary_weights(logprobs.dtype)).sum(-1).double()
         log_boundary = boundary.log()
         for row in (boundary < 1e-30).nonzero().flatten().tolist():
             log_boundary[row] = torch.logsumexp(logprobs[row].index_select(0, self.boundary).double(), 0)
         return BatchSums(log_boundary.tolist(), undecided.tolist(), shown.tolist())
+
+    def token_sets(self) -> torch.Tensor:
+        """The token sets a tree call sums over at every node [1, vocab]: the boundary tokens."""
+        return self._boundary_weights(torch.float32).unsqueeze(0)
 
     def _boundary_weights(self, dtype: torch.dtype) -> torch.Tensor:
         """1 for a boundary token and 0 for the others, in `dtype` (made once per dtype)."""
@@ -582,8 +588,10 @@ def _expanded_bounds(
 
     with partial_distributions(backend) as partial:
 
-        def visit(batch: Sequence[Node], logprobs: torch.Tensor) -> list[list[Child]]:
-            sums = answers.batch_sums(logprobs, partial)
+        def visit(
+            batch: Sequence[Node], logprobs: torch.Tensor, boundary: torch.Tensor | None = None
+        ) -> list[list[Child]]:
+            sums = answers.batch_sums(logprobs, partial, boundary)
             found = []
             for row, node in enumerate(batch):
                 k = node.prompt
@@ -605,7 +613,12 @@ def _expanded_bounds(
         # calls takes it in a few full passes (nodes of every level together); otherwise level by level
         planned = None
         if not partial and len(prompt_ids) == 1:
-            planned = tree.expand_planned(prompt_ids[0], _plan(answers), visit, answers.root)
+            sets = answers.token_sets()
+
+            def visit_step(batch: Sequence[Node], step: TreeStep) -> None:
+                visit(batch, step.logprobs, step.set_sums[:, 0] if step.set_sums is not None else None)
+
+            planned = tree.expand_planned(prompt_ids[0], _plan(answers), visit_step, answers.root, sets)
         total = planned or tree.expand_many(prompt_ids, None, [answers.root] * len(prompt_ids), visit_batch=visit)
     own = [len(ids) + n for ids, n in zip(prompt_ids, nodes, strict=True)]  # token positions of each prompt
     found = []
