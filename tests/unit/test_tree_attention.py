@@ -10,7 +10,7 @@ import torch
 
 import modescope as ms
 from modescope.engine.tree import Child, Planned, PrefixTree, per_node
-from modescope.models import lm_head
+from modescope.models import hf, lm_head
 from modescope.models.hf import HFBackend
 from modescope.models.tree_attention import TreeState
 from tests.unit.tiny_models import tiny_backend
@@ -33,16 +33,23 @@ def in_float32(architecture: str) -> HFBackend:
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
-@pytest.mark.parametrize("split", [[12], [3, 9], [1, 4, 7]])
-def test_tree_calls_give_the_log_probabilities_of_full_passes(architecture: str, split: list[int]) -> None:
+@pytest.mark.parametrize("split", [[0, 12], [3, 9], [1, 4, 7]])
+@pytest.mark.parametrize("folded", [True, False])
+def test_tree_calls_give_the_log_probabilities_of_full_passes(
+    architecture: str, split: list[int], folded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not folded:  # the prompt in a pass of its own, as longer prompts go
+        monkeypatch.setattr(hf, "FOLDED_PROMPT", 4)
     backend = tiny_backend(architecture)
     ids = backend.prompt_ids(PROMPT)
-    begun = backend.tree_start(ids)
+    assert len(ids) > 4
+    head = TREE[: split[0]]
+    begun = backend.tree_start(ids, [p for p, _ in head], [t for _, t in head])
     assert begun is not None
     tree, root = begun
-    assert isinstance(tree, TreeState) and root.set_sums is None
-    found, first = [], 0
-    for size in split:  # a parent in the same call or an earlier one
+    assert isinstance(tree, TreeState) and root.set_sums is None and len(root.logprobs) == 1 + len(head)
+    found, first = [], split[0]
+    for size in split[1:]:  # a parent in the same call or an earlier one
         part = TREE[first : first + size]
         found.append(backend.tree_extend(tree, [p for p, _ in part], [t for _, t in part]).logprobs)
         first += size
@@ -61,25 +68,22 @@ def test_tree_calls_in_float32_sum_token_sets(architecture: str, fused: bool, mo
     ids = backend.prompt_ids(PROMPT)
     generator = torch.Generator().manual_seed(0)
     sets = (torch.rand(2, backend.vocab.size, generator=generator) < 0.3).float()
-    begun = backend.tree_start(ids, sets)
+    begun = backend.tree_start(ids, [p for p, _ in TREE[:5]], [t for _, t in TREE[:5]], sets)
     assert begun is not None
-    step = backend.tree_extend(begun[0], [p for p, _ in TREE], [t for _, t in TREE])
-    reference = backend.next_logprobs([ids + list(path) for path in paths(TREE)])
+    step = begun[1].then(backend.tree_extend(begun[0], [p for p, _ in TREE[5:]], [t for _, t in TREE[5:]]))
+    reference = backend.next_logprobs([ids] + [ids + list(path) for path in paths(TREE)])
     assert step.logprobs.dtype == torch.float32
     assert torch.allclose(step.logprobs, reference, atol=2e-5, rtol=0)
-    expected = (reference.double().exp() @ sets.double().T).to(torch.float64)
-    for got in (step.set_sums, begun[1].set_sums):
-        assert got is not None and got.dtype == torch.float64
+    expected = reference.double().exp() @ sets.double().T
+    assert step.set_sums is not None and step.set_sums.dtype == torch.float64
     assert torch.allclose(step.set_sums, expected, rtol=1e-5, atol=0)
-    root = backend.next_logprobs([ids]).double().exp() @ sets.double().T
-    assert torch.allclose(begun[1].set_sums, root, rtol=1e-5, atol=0)
 
 
 def test_tree_calls_leave_the_model_as_it_was() -> None:
     backend = tiny_backend("llama")
     implementation = backend.model.config._attn_implementation
     ids = backend.prompt_ids(PROMPT)
-    begun = backend.tree_start(ids)
+    begun = backend.tree_start(ids, [-1], [5])
     assert begun is not None
     backend.tree_extend(begun[0], [-1, 0], [5, 9])
     assert backend.model.config._attn_implementation == implementation
@@ -90,10 +94,12 @@ def test_tree_calls_leave_the_model_as_it_was() -> None:
 
 def test_a_parent_must_come_before_its_children() -> None:
     backend = tiny_backend("llama")
-    begun = backend.tree_start(backend.prompt_ids(PROMPT))
+    with pytest.raises(ValueError, match="parents come before"):
+        backend.tree_start(backend.prompt_ids(PROMPT), [1, -1], [5, 9])
+    begun = backend.tree_start(backend.prompt_ids(PROMPT), [], [])
     assert begun is not None
     with pytest.raises(ValueError, match="parents come before"):
-        backend.tree_extend(begun[0], [1, -1], [5, 9])
+        backend.tree_extend(begun[0], [-1, 2], [5, 9])
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
@@ -122,7 +128,8 @@ def test_the_planned_expansion_visits_what_the_level_engine_visits(architecture:
         assert planned[path][0] == pytest.approx(logprob, abs=1e-12)
         assert torch.allclose(planned[path][1], logprobs, atol=1e-12, rtol=0)
     assert (stats.nodes, stats.levels, stats.prompt_tokens) == (len(TREE), 6, len(ids))
-    assert stats.tokens_forwarded == stats.minimum_tokens and stats.forward_calls == 1 + 3  # the prompt, 12 / 5
+    # the prompt with the first 5 nodes, then 5 and 2
+    assert stats.tokens_forwarded == stats.minimum_tokens and stats.forward_calls == 3
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])

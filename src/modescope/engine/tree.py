@@ -155,10 +155,12 @@ class PrefixTree:
         with nothing done, from a backend without tree calls: then use `expand`."""
         started = time.perf_counter()
         before_tokens, before_calls = self.backend.stats.tokens, self.backend.stats.calls
-        begun = self.backend.tree_start(prompt, None if self.transform else token_sets)
+        first = range(min(self.batch_size, len(plan)))
+        parents, tokens = [plan[k].parent for k in first], [plan[k].token for k in first]
+        begun = self.backend.tree_start(prompt, parents, tokens, None if self.transform else token_sets)
         if begun is None:
             return None
-        tree, root_step = begun
+        tree, first_step = begun
         self.stats.prompt_tokens += len(prompt)
         paths: list[tuple[int, ...]] = []
         children: list[list[int]] = [[] for _ in range(len(plan) + 1)]  # children[k + 1]: those of node k
@@ -187,17 +189,21 @@ class PrefixTree:
             logprobs = self.transform(step.logprobs)
             return TreeStep(logprobs, token_set_sums(logprobs, token_sets))
 
-        root_step = transformed(root_step)
-        visit(made([-1], root_step.logprobs), root_step)
-        for first in range(0, len(plan), self.batch_size):
-            batch = range(first, min(first + self.batch_size, len(plan)))
+        def counted(batch: range) -> None:
+            self.stats.nodes += len(batch)
+            self.stats.levels = max([self.stats.levels, *(len(paths[k]) for k in batch)])
+            if self.progress and batch:
+                self.progress(len(batch))
+
+        step = transformed(first_step)  # the root's row, then the first batch's
+        visit(made([-1, *first], step.logprobs), step)
+        counted(first)
+        for start in range(len(first), len(plan), self.batch_size):
+            batch = range(start, min(start + self.batch_size, len(plan)))
             step = self.backend.tree_extend(tree, [plan[k].parent for k in batch], [plan[k].token for k in batch])
             step = transformed(step)
             visit(made(batch, step.logprobs), step)
-            self.stats.nodes += len(batch)
-            self.stats.levels = max(self.stats.levels, max(len(paths[k]) for k in batch))
-            if self.progress:
-                self.progress(len(batch))
+            counted(batch)
         self.stats.tokens_forwarded += self.backend.stats.tokens - before_tokens
         self.stats.forward_calls += self.backend.stats.calls - before_calls
         self.stats.seconds += time.perf_counter() - started

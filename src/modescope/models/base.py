@@ -158,6 +158,15 @@ class TreeStep:
     logprobs: torch.Tensor
     set_sums: torch.Tensor | None = None
 
+    def then(self, other: TreeStep | None) -> TreeStep:
+        """This step's rows followed by `other`'s."""
+        if other is None:
+            return self
+        sums = None
+        if self.set_sums is not None and other.set_sums is not None:
+            sums = torch.cat([self.set_sums, other.set_sums])
+        return TreeStep(torch.cat([self.logprobs, other.logprobs]), sums)
+
 
 def token_set_sums(logprobs: torch.Tensor, token_sets: torch.Tensor | None) -> torch.Tensor | None:
     """Each token set's total probability [rows, sets] (float64) from log-probabilities [rows, vocab], summed in
@@ -295,11 +304,18 @@ class Backend(ABC):
             chosen.extend(rows.prefixes[i] for i in indices)
         return PrefixRows(chosen)
 
-    def tree_start(self, prompt: Sequence[int], token_sets: torch.Tensor | None = None) -> tuple[Any, TreeStep] | None:
-        """Encode a prompt for tree calls (`tree_extend`): the tree's state and the prompt's step; None, before
-        any work, from a backend without tree calls (the engine then goes level by level with `extend`).
-        `token_sets` [sets, vocab] (0/1 weights) are summed over at every node of the tree
-        (`TreeStep.set_sums`)."""
+    def tree_start(
+        self,
+        prompt: Sequence[int],
+        parents: Sequence[int],
+        tokens: Sequence[int],
+        token_sets: torch.Tensor | None = None,
+    ) -> tuple[Any, TreeStep] | None:
+        """Start a tree of tree calls (`tree_extend`) below a prompt with its first nodes (as `tree_extend` takes
+        them), in one forward pass where the prompt is short: the tree's state, and the step of the prompt's last
+        position (its next-token distribution) followed by one row per node. None, before any work, from a
+        backend without tree calls (the engine then goes level by level with `extend`). `token_sets`
+        [sets, vocab] (0/1 weights) are summed over at every node of the tree (`TreeStep.set_sums`)."""
         return None
 
     def tree_extend(self, tree: Any, parents: Sequence[int], tokens: Sequence[int]) -> TreeStep:

@@ -44,6 +44,9 @@ from modescope.models.vocab import Vocabulary, load_vocabulary, save_vocabulary,
 
 logger = logging.getLogger(__name__)
 
+# prompts up to this many tokens go in the first tree call with the first nodes (each prompt token attends to
+# those before it as a node does to its ancestors); longer ones get a pass of their own (tree_attention.py)
+FOLDED_PROMPT = 64
 BYTE_TABLE_PROBE = "Q: 42, 7.5 or 100?\nA:  café – naïve 日本 🙂 {x}"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -238,16 +241,21 @@ class HFBackend(Backend):
         with torch.inference_mode():
             return out, head_logprobs(out.last_hidden_state[:, -1], head, self.vocab.size)[0].cpu()
 
-    def _forward_every(self, input_ids: torch.Tensor, token_sets: torch.Tensor | None, **kwargs: Any) -> TreeStep:
-        """Forward one row of `input_ids`; the step after every one of its positions (a tree call's nodes)."""
+    def _tree_call(self, tree: TreeState, call: Any, tokens: Sequence[int], first_row: int = 0) -> TreeStep:
+        """Forward a tree call (`tokens` in one row); the step after each of its positions from `first_row` on."""
+        self.check_length(int(call.positions.max()) + 1)
+        ids = torch.tensor([list(tokens)], dtype=torch.long)
+        kwargs = {"attention_mask": made_mask(), "position_ids": call.positions.unsqueeze(0)}
+        kwargs |= {"modescope_tree": call, self._cache_arg: tree}
         head = self._fused()
-        if head is None:
-            logprobs = self._logprobs(self._forward(input_ids, **kwargs).logits[0])
-            return TreeStep(logprobs, token_set_sums(logprobs, token_sets))
-        out = self._decoder_forward(input_ids, **kwargs)
+        with tree.attending():
+            if head is None:
+                logprobs = self._logprobs(self._forward(ids, **kwargs).logits[0, first_row:])
+                return TreeStep(logprobs, token_set_sums(logprobs, tree.token_sets))
+            out = self._decoder_forward(ids, **kwargs)
         with torch.inference_mode():
-            sets = token_sets.to(self.device, torch.float32) if token_sets is not None else None
-            logprobs, sums = head_logprobs(out.last_hidden_state[0], head, self.vocab.size, sets)
+            sets = tree.token_sets.to(self.device, torch.float32) if tree.token_sets is not None else None
+            logprobs, sums = head_logprobs(out.last_hidden_state[0, first_row:], head, self.vocab.size, sets)
         return TreeStep(logprobs.cpu(), sums.cpu() if sums is not None else None)
 
     def _decoder_forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
@@ -337,29 +345,31 @@ class HFBackend(Backend):
         return CacheRows(self._cache_of(out), len(tokens), prefix_length + 1, padding), logprobs
 
     def tree_start(
-        self, prompt: Sequence[int], token_sets: torch.Tensor | None = None
+        self,
+        prompt: Sequence[int],
+        parents: Sequence[int],
+        tokens: Sequence[int],
+        token_sets: torch.Tensor | None = None,
     ) -> tuple[TreeState, TreeStep] | None:
         if self._tree_configs is None:
             return None
-        rows, logprobs = self.start(prompt)
-        assert isinstance(rows, CacheRows)
-        tree = TreeState.from_cache(rows.cache, len(prompt), self._tree_configs, token_sets)
-        return tree, TreeStep(logprobs, token_set_sums(logprobs, token_sets))
+        if not prompt:
+            raise ModescopeError("the prompt encodes to no tokens; give a non-empty prompt")
+        if len(prompt) > FOLDED_PROMPT:  # the prompt in a pass of its own, kept as a cache would keep it
+            rows, logprobs = self.start(prompt)
+            assert isinstance(rows, CacheRows)
+            tree = TreeState.from_cache(rows.cache, len(prompt), self._tree_configs, token_sets)
+            root = TreeStep(logprobs, token_set_sums(logprobs, token_sets))
+            return tree, root.then(self.tree_extend(tree, parents, tokens) if parents else None)
+        # the prompt and the first nodes in one pass: the head only after the prompt's last token and the nodes
+        tree = TreeState({}, len(prompt), configs=self._tree_configs, token_sets=token_sets, device=self.device)
+        step = self._tree_call(tree, tree.add(parents, with_prompt=True), [*prompt, *tokens], len(prompt) - 1)
+        tree.keep_prompt()
+        return tree, step
 
     def tree_extend(self, tree: Any, parents: Sequence[int], tokens: Sequence[int]) -> TreeStep:
         assert isinstance(tree, TreeState)
-        call = tree.add(parents)
-        self.check_length(int(call.positions.max()) + 1)
-        ids = torch.tensor([list(tokens)], dtype=torch.long)
-        with tree.attending():
-            return self._forward_every(
-                ids,
-                tree.token_sets,
-                attention_mask=made_mask(),
-                position_ids=call.positions.unsqueeze(0),
-                modescope_tree=call,
-                **{self._cache_arg: tree},
-            )
+        return self._tree_call(tree, tree.add(parents), tokens)
 
     def concat(self, parts: Sequence[Rows]) -> Rows:
         caches = [p for p in parts if isinstance(p, CacheRows) and p.rows > 0]

@@ -49,17 +49,26 @@ class _Call:
     ancestors: torch.Tensor  # [rows, depth] store slots of each node's ancestors then itself, 0-padded
     hidden: torch.Tensor  # [rows, depth] True where `ancestors` is padding
     positions: torch.Tensor  # [rows] each node's position (the prompt's tokens are 0..prompt_length-1)
+    first_position: int  # the position of each row's first entry in `ancestors` (they go on one by one)
+
+
+ROOM = 256  # node slots a store starts with; it doubles when full
 
 
 @dataclass
 class TreeState:
-    """The prompt's keys and values and every node forwarded so far below it (see `HFBackend.tree_start`)."""
+    """The prompt's keys and values and every node forwarded so far below it (see `HFBackend.tree_start`).
 
-    layers: list[_LayerStore]
+    Keys and values live in slots, one per forwarded token: the prompt's (those a cache kept, or, for a store
+    whose first call forwards the prompt itself, slots 0 to prompt_length - 1) and one per node after them."""
+
+    layers: dict[int, _LayerStore]
     prompt_length: int
     chains: list[tuple[int, ...]] = field(default_factory=list)  # each node's ancestors' slots, then its own
     configs: list[Any] = field(default_factory=list)  # the configs whose attention implementation a call switches
     token_sets: torch.Tensor | None = None  # [sets, vocab] summed over at every node (`TreeStep.set_sums`)
+    used: int = 0  # slots taken
+    device: torch.device | None = None  # the model's
     _start: int = 0  # the first slot of the call being forwarded
 
     @classmethod
@@ -67,13 +76,14 @@ class TreeState:
         cls, cache: Any, prompt_length: int, configs: list[Any], token_sets: torch.Tensor | None = None
     ) -> TreeState:
         """A store holding what `cache` (a transformers cache of one row, the prompt) holds."""
-        layers = []
-        for layer in cache.layers:
+        layers = {}
+        for index, layer in enumerate(cache.layers):
             keys, values = layer.keys[0], layer.values[0]
             kv_heads, kept, dim = keys.shape
-            empty = keys.new_empty((kv_heads, 256, dim))  # room for 256 nodes, doubled when full
-            layers.append(_LayerStore(keys, values, prompt_length - kept, empty, torch.empty_like(empty)))
-        return cls(layers, prompt_length, configs=configs, token_sets=token_sets)
+            room = keys.new_empty((kv_heads, ROOM, dim))
+            layers[index] = _LayerStore(keys, values, prompt_length - kept, room, torch.empty_like(room))
+        device = cache.layers[0].keys.device
+        return cls(layers, prompt_length, configs=configs, token_sets=token_sets, device=device)
 
     @property
     def nodes(self) -> int:
@@ -83,28 +93,48 @@ class TreeState:
         """Tokens after the prompt on the path to `node` (a root child has depth 1)."""
         return len(self.chains[node])
 
-    def add(self, parents: Sequence[int]) -> _Call:
+    def add(self, parents: Sequence[int], with_prompt: bool = False) -> _Call:
         """Take a slot for each new node (child of `parents[k]`: a node, or -1 for the prompt; a parent may be a
-        node added earlier in the same list), and say what each attends to."""
-        self._start = first = self.nodes
+        node added earlier in the same list), and say what each row of the call attends to. `with_prompt`: the
+        call forwards the prompt's tokens first (the first call of a store with no prompt yet), each attending to
+        those before it, and the nodes attend to them as they do to their ancestors."""
+        self._start = self.used
+        rows: list[tuple[int, ...]] = []  # the slots each row of the call attends to, its own last
+        prompt: tuple[int, ...] = ()
+        if with_prompt:
+            prompt = tuple(range(self.used, self.used + self.prompt_length))
+            rows = [prompt[: i + 1] for i in range(self.prompt_length)]
+            self.used += self.prompt_length
+        first = self.nodes
         for k, parent in enumerate(parents):
             if not -1 <= parent < first + k:
                 raise ValueError(f"node {first + k} has parent {parent}: parents come before their children")
-            self.chains.append((*(self.chains[parent] if parent >= 0 else ()), first + k))
-        self._reserve(self.nodes)
-        chains = self.chains[first:]
-        deepest = max(len(c) for c in chains)
-        ancestors = torch.zeros(len(chains), deepest, dtype=torch.long)
-        hidden = torch.ones(len(chains), deepest, dtype=torch.bool)
-        for row, chain in enumerate(chains):
-            ancestors[row, : len(chain)] = torch.tensor(chain)
-            hidden[row, : len(chain)] = False
-        positions = torch.tensor([self.prompt_length + len(c) - 1 for c in chains])
-        device = self.layers[0].keys.device
-        return _Call(self, ancestors.to(device), hidden.to(device), positions.to(device))
+            chain = (*(self.chains[parent] if parent >= 0 else ()), self.used)
+            self.chains.append(chain)
+            rows.append(prompt + chain)
+            self.used += 1
+        self._reserve(self.used)
+        deepest = max(len(r) for r in rows)
+        ancestors = torch.zeros(len(rows), deepest, dtype=torch.long)
+        hidden = torch.ones(len(rows), deepest, dtype=torch.bool)
+        for row, slots in enumerate(rows):
+            ancestors[row, : len(slots)] = torch.tensor(slots)
+            hidden[row, : len(slots)] = False
+        positions = [*range(len(prompt)), *(self.prompt_length + len(c) - 1 for c in self.chains[first:])]
+        device, first_position = self.device, 0 if with_prompt else self.prompt_length
+        positions_of = torch.tensor(positions, device=device)
+        return _Call(self, ancestors.to(device), hidden.to(device), positions_of, first_position)
+
+    def keep_prompt(self) -> None:
+        """After a call that forwarded the prompt: its slots become the prompt part every later node attends to
+        in one product, as if a cache had kept them."""
+        for layer in self.layers.values():
+            layer.prompt_keys = layer.keys[:, : self.prompt_length]
+            layer.prompt_values = layer.values[:, : self.prompt_length]
+            layer.offset = 0
 
     def _reserve(self, slots: int) -> None:
-        for layer in self.layers:
+        for layer in self.layers.values():
             capacity = layer.keys.shape[1]
             if slots > capacity:
                 size = max(slots, 2 * capacity)
@@ -114,12 +144,22 @@ class TreeState:
                     grown[:, :capacity] = old
                     setattr(layer, name, grown)
 
+    def _layer(self, index: int, keys: torch.Tensor) -> _LayerStore:
+        """Layer `index`'s store, made at the first call of a store with no prompt yet (from that call's keys
+        [1, kv_heads, rows, head_dim])."""
+        layer = self.layers.get(index)
+        if layer is None:
+            none = keys.new_empty((keys.shape[1], 0, keys.shape[3]))
+            room = keys.new_empty((keys.shape[1], max(ROOM, self.used), keys.shape[3]))
+            layer = self.layers[index] = _LayerStore(none, none, 0, room, torch.empty_like(room))
+        return layer
+
     # --- the cache interface the decoder's attention layers call --------------------------------------------
     def update(
         self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the call's keys and values ([1, kv_heads, rows, head_dim]) into their slots."""
-        layer = self.layers[layer_idx]
+        layer = self._layer(layer_idx, keys)
         stop = self._start + keys.shape[2]
         layer.keys[:, self._start : stop] = keys[0]
         layer.values[:, self._start : stop] = values[0]
@@ -173,7 +213,7 @@ def tree_attention(
         oldest = (call.positions - sliding_window).unsqueeze(1)  # [rows, 1]: this position and those before go
         prompt_positions = torch.arange(layer.offset, layer.offset + kept, device=oldest.device)
         on_prompt = on_prompt.masked_fill(prompt_positions.unsqueeze(0) <= oldest, -torch.inf)
-        node_positions = call.state.prompt_length + torch.arange(hidden.shape[1], device=oldest.device)
+        node_positions = call.first_position + torch.arange(hidden.shape[1], device=oldest.device)
         hidden = hidden | (node_positions.unsqueeze(0) <= oldest)
     on_nodes = on_nodes.masked_fill(hidden, -torch.inf)
     weights = torch.softmax(torch.cat([on_prompt, on_nodes], dim=-1), dim=-1)
