@@ -108,8 +108,9 @@ class Floor:
 
 # (label, [(file suffix, function name)]): a function's cumulative time goes to the first label that names it
 PROFILE_GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
-    # with the fused head (models/lm_head.py) the LM head's product is in this group, not in the forward
-    ("log-softmax (full vocabulary)", [("models/hf.py", "_logprobs"), ("models/lm_head.py", "head_logprobs")]),
+    # with the fused head (models/lm_head.py) the LM head's product is in this group, not in the forward; with
+    # transformers' head (bfloat16 weights, a softcapped head) only the log-softmax is
+    ("LM head and log-softmax", [("models/hf.py", "_logprobs"), ("models/lm_head.py", "head_logprobs")]),
     ("model forward", [("models/hf.py", "_forward"), ("models/hf.py", "_decoder_forward")]),
     ("KV-cache copies", [("models/hf.py", "_rebuild_cache"), ("models/hf.py", "concat"), ("models/hf.py", "gather")]),
     ("sampler and records", [("engine/decode.py", "_choose")]),

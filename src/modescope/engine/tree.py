@@ -1,10 +1,13 @@
-"""Prefix-tree expansion: the next-token distribution of every node of a token tree, level by level.
+"""Prefix-tree expansion: the next-token distribution of every node of a token tree.
 
-The prompt is encoded once. Each level is forwarded in batches of one token per node, every node reusing
-its parent's KV cache, so each tree node costs exactly one token position: the minimum any method needs.
-Wide levels are split into groups expanded depth first, so memory stays bounded for trees of any size.
-Which children a node has is decided by a callback that sees the node's distribution, so the same engine
-serves a fixed tree (exact answer-set probabilities) and a model-driven one (block multiverse).
+The prompt is encoded once and each tree node costs exactly one token position: the minimum any method needs.
+Two ways:
+- `expand`: level by level, each level forwarded in batches of one token per node, every node reusing its
+  parent's KV cache. Wide levels are split into groups expanded depth first, so memory stays bounded for trees
+  of any size. Which children a node has is decided by a callback that sees the node's distribution, so the
+  same engine serves a fixed tree and a model-driven one (block multiverse).
+- `expand_planned`: a tree known before it is expanded (an answer set's spellings), through the backend's tree
+  calls (`models/tree_attention.py`): batches of nodes of any levels, no cache copied.
 """
 
 from __future__ import annotations
