@@ -138,7 +138,7 @@ def min_p(x: torch.Tensor, ratio: float) -> torch.Tensor:
     """
     if ratio <= 0.0:
         return x
-    floor = x.max(dim=-1, keepdim=True).values + math.log(ratio) - TOLERANCE
+    floor = x.amax(dim=-1, keepdim=True) + math.log(ratio) - TOLERANCE
     return x.masked_fill(x < floor, -math.inf)
 
 
@@ -176,7 +176,7 @@ def top_n_sigma(x: torch.Tensor, n: float) -> torch.Tensor:
     values = torch.where(finite, x, 0.0)
     mean = values.sum(dim=-1, keepdim=True) / count
     variance = torch.where(finite, (values - mean) ** 2, 0.0).sum(dim=-1, keepdim=True) / count
-    floor = x.max(dim=-1, keepdim=True).values - n * variance.sqrt() - TOLERANCE
+    floor = x.amax(dim=-1, keepdim=True) - n * variance.sqrt() - TOLERANCE
     return x.masked_fill(x < floor, -math.inf)
 
 
@@ -191,7 +191,7 @@ def temperature(x: torch.Tensor, t: float) -> torch.Tensor:
     if t == 0.0:
         greedy = torch.full_like(x, -math.inf)
         return greedy.scatter(-1, x.argmax(dim=-1, keepdim=True), 0.0)
-    return (x - x.max(dim=-1, keepdim=True).values) / t
+    return (x - x.amax(dim=-1, keepdim=True)) / t
 
 
 def xtc(

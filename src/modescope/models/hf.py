@@ -106,7 +106,7 @@ def log_softmax_f32(logits: torch.Tensor) -> torch.Tensor:
     vocabulary leaves errors up to ~3e-5 nats per token (6e-5 relative on a three-token answer's mass,
     measured). `Tensor.sum` sums in a cascade (relative error ~3e-7 over 262k terms, measured against float64)
     for the same passes (max, exp-sum, subtract), leaving ~1e-6 nats for logits of magnitude 30."""
-    top = logits.max(dim=-1, keepdim=True).values
+    top = logits.amax(dim=-1, keepdim=True)  # amax: the max without its indices
     return logits - (top + (logits - top).exp().sum(dim=-1, keepdim=True).log())
 
 

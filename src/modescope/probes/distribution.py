@@ -353,9 +353,7 @@ def tempered(temperature: float) -> Callable[[torch.Tensor], torch.Tensor] | Non
     softmax): the likeliest tokens keep 0 and the distribution tends to the point mass it should."""
     if temperature == 1.0:
         return None
-    return lambda logprobs: torch.log_softmax(
-        (logprobs - logprobs.max(dim=-1, keepdim=True).values) / temperature, dim=-1
-    )
+    return lambda logprobs: torch.log_softmax((logprobs - logprobs.amax(dim=-1, keepdim=True)) / temperature, dim=-1)
 
 
 @dataclass
