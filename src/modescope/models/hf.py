@@ -364,7 +364,6 @@ class HFBackend(Backend):
         # the prompt and the first nodes in one pass: the head only after the prompt's last token and the nodes
         tree = TreeState({}, len(prompt), configs=self._tree_configs, token_sets=token_sets, device=self.device)
         step = self._tree_call(tree, tree.add(parents, with_prompt=True), [*prompt, *tokens], len(prompt) - 1)
-        tree.keep_prompt()
         return tree, step
 
     def tree_extend(self, tree: Any, parents: Sequence[int], tokens: Sequence[int]) -> TreeStep:

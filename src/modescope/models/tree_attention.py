@@ -49,7 +49,9 @@ class _Call:
     ancestors: torch.Tensor  # [rows, depth] store slots of each node's ancestors then itself, 0-padded
     hidden: torch.Tensor  # [rows, depth] True where `ancestors` is padding
     positions: torch.Tensor  # [rows] each node's position (the prompt's tokens are 0..prompt_length-1)
-    first_position: int  # the position of each row's first entry in `ancestors` (they go on one by one)
+    # [rows] how many of the prompt's first keys each row sees, when the call forwards the prompt itself (its
+    # tokens see those up to their own); None: every row sees the whole prompt
+    prompt_seen: torch.Tensor | None = None
 
 
 ROOM = 256  # node slots a store starts with; it doubles when full
@@ -68,6 +70,7 @@ class TreeState:
     configs: list[Any] = field(default_factory=list)  # the configs whose attention implementation a call switches
     token_sets: torch.Tensor | None = None  # [sets, vocab] summed over at every node (`TreeStep.set_sums`)
     used: int = 0  # slots taken
+    _prompt_in_call: bool = False  # the call being forwarded writes the prompt's slots
     device: torch.device | None = None  # the model's
     _start: int = 0  # the first slot of the call being forwarded
 
@@ -96,14 +99,16 @@ class TreeState:
     def add(self, parents: Sequence[int], with_prompt: bool = False) -> _Call:
         """Take a slot for each new node (child of `parents[k]`: a node, or -1 for the prompt; a parent may be a
         node added earlier in the same list), and say what each row of the call attends to. `with_prompt`: the
-        call forwards the prompt's tokens first (the first call of a store with no prompt yet), each attending to
-        those before it, and the nodes attend to them as they do to their ancestors."""
+        call forwards the prompt's tokens first, in slots 0 to prompt_length - 1 (the first call of a store with no
+        prompt yet): they become the prompt part, each of its tokens seeing those up to its own."""
         self._start = self.used
-        rows: list[tuple[int, ...]] = []  # the slots each row of the call attends to, its own last
-        prompt: tuple[int, ...] = ()
+        self._prompt_in_call = with_prompt
+        rows: list[tuple[int, ...]] = []  # the node slots each row of the call attends to, its own last
+        seen: list[int] = []
         if with_prompt:
-            prompt = tuple(range(self.used, self.used + self.prompt_length))
-            rows = [prompt[: i + 1] for i in range(self.prompt_length)]
+            assert self.used == 0, "only a store's first call forwards the prompt"
+            rows = [()] * self.prompt_length
+            seen = [*range(1, self.prompt_length + 1)]
             self.used += self.prompt_length
         first = self.nodes
         for k, parent in enumerate(parents):
@@ -111,27 +116,19 @@ class TreeState:
                 raise ValueError(f"node {first + k} has parent {parent}: parents come before their children")
             chain = (*(self.chains[parent] if parent >= 0 else ()), self.used)
             self.chains.append(chain)
-            rows.append(prompt + chain)
+            rows.append(chain)
             self.used += 1
         self._reserve(self.used)
         deepest = max(len(r) for r in rows)
         ancestors = torch.zeros(len(rows), deepest, dtype=torch.long)
         hidden = torch.ones(len(rows), deepest, dtype=torch.bool)
         for row, slots in enumerate(rows):
-            ancestors[row, : len(slots)] = torch.tensor(slots)
+            ancestors[row, : len(slots)] = torch.tensor(slots, dtype=torch.long)
             hidden[row, : len(slots)] = False
-        positions = [*range(len(prompt)), *(self.prompt_length + len(c) - 1 for c in self.chains[first:])]
-        device, first_position = self.device, 0 if with_prompt else self.prompt_length
-        positions_of = torch.tensor(positions, device=device)
-        return _Call(self, ancestors.to(device), hidden.to(device), positions_of, first_position)
-
-    def keep_prompt(self) -> None:
-        """After a call that forwarded the prompt: its slots become the prompt part every later node attends to
-        in one product, as if a cache had kept them."""
-        for layer in self.layers.values():
-            layer.prompt_keys = layer.keys[:, : self.prompt_length]
-            layer.prompt_values = layer.values[:, : self.prompt_length]
-            layer.offset = 0
+        positions = [*range(len(seen)), *(self.prompt_length + len(c) - 1 for c in self.chains[first:])]
+        device = self.device
+        prompt_seen = torch.tensor(seen + [self.prompt_length] * len(parents), device=device) if seen else None
+        return _Call(self, ancestors.to(device), hidden.to(device), torch.tensor(positions, device=device), prompt_seen)
 
     def _reserve(self, slots: int) -> None:
         for layer in self.layers.values():
@@ -163,6 +160,9 @@ class TreeState:
         stop = self._start + keys.shape[2]
         layer.keys[:, self._start : stop] = keys[0]
         layer.values[:, self._start : stop] = values[0]
+        if self._prompt_in_call:  # the prompt's slots are the prompt part from now on, this call included
+            layer.prompt_keys = layer.keys[:, : self.prompt_length]
+            layer.prompt_values = layer.values[:, : self.prompt_length]
         return keys, values
 
     @contextmanager
@@ -213,8 +213,11 @@ def tree_attention(
         oldest = (call.positions - sliding_window).unsqueeze(1)  # [rows, 1]: this position and those before go
         prompt_positions = torch.arange(layer.offset, layer.offset + kept, device=oldest.device)
         on_prompt = on_prompt.masked_fill(prompt_positions.unsqueeze(0) <= oldest, -torch.inf)
-        node_positions = call.first_position + torch.arange(hidden.shape[1], device=oldest.device)
+        node_positions = call.state.prompt_length + torch.arange(hidden.shape[1], device=oldest.device)
         hidden = hidden | (node_positions.unsqueeze(0) <= oldest)
+    if call.prompt_seen is not None:  # the prompt's own tokens see those up to their own
+        unseen = torch.arange(kept, device=call.prompt_seen.device).unsqueeze(0) >= call.prompt_seen.unsqueeze(1)
+        on_prompt = on_prompt.masked_fill(unseen, -torch.inf)
     on_nodes = on_nodes.masked_fill(hidden, -torch.inf)
     weights = torch.softmax(torch.cat([on_prompt, on_nodes], dim=-1), dim=-1)
     from_prompt = torch.matmul(weights[..., :kept].reshape(kv_heads, groups * rows, kept), layer.prompt_values)
