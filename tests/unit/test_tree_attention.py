@@ -143,3 +143,49 @@ def test_distributions_take_tree_calls_and_keep_their_masses(architecture: str) 
     mass, reference = planned.to_pandas()["mass"], levels.to_pandas()["mass"]
     assert ((mass - reference).abs() <= 1e-12 * reference + 1e-300).all()
     assert calls < levels.results[0].stats.forward_calls
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "mistral", "qwen3"])
+def test_tree_calls_on_the_other_families_they_take(architecture: str) -> None:
+    """qwen2 with a sliding layer and mistral with a sliding window (4, under a 12-token prompt and a tree 4 deep),
+    and qwen3 with its q/k norms: the same log-probabilities as full passes."""
+    from transformers import (
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    from tests.unit.tiny_models import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        eos_token_id=0,
+        pad_token_id=0,
+        bos_token_id=None,
+    )
+    models = {
+        "qwen2": lambda: Qwen2ForCausalLM(
+            Qwen2Config(**common, use_sliding_window=True, sliding_window=4, max_window_layers=1)
+        ),
+        "mistral": lambda: MistralForCausalLM(MistralConfig(**common, sliding_window=4)),
+        "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**common, head_dim=8)),
+    }
+    torch.manual_seed(0)
+    backend = HFBackend(architecture, models[architecture]().double().eval(), tokenizer, source="in-process")
+    ids = backend.prompt_ids(PROMPT)
+    tree = [(-1, 5), (-1, 17), (0, 9), (2, 33), (3, 40), (4, 7)]
+    begun = backend.tree_start(ids, [p for p, _ in tree[:3]], [t for _, t in tree[:3]])
+    assert begun is not None
+    step = begun[1].then(backend.tree_extend(begun[0], [p for p, _ in tree[3:]], [t for _, t in tree[3:]]))
+    reference = backend.next_logprobs([ids] + [ids + list(path) for path in paths(tree)])
+    assert torch.allclose(step.logprobs, reference, atol=1e-12, rtol=0)
