@@ -168,7 +168,7 @@ class HFBackend(Backend):
         # `fused_head = False` takes transformers' own head instead (the benchmarks' before and after)
         self.fused_head = plain_head(model) is not None and self._decoder_takes(self._cache_arg)
         # the configs a tree call switches to tree attention (tree_attention.py); None: no tree calls
-        self._tree_configs = tree_configs(model) if self._cache_arg in ("cache", "past_key_values") else None
+        self._tree_configs = tree_configs(model)
         self._check_byte_table()
 
     def _decoder_takes(self, cache_arg: str) -> bool:

@@ -429,10 +429,12 @@ class AnswerTree:
             if len(self.undecided)
             else torch.zeros(rows, dtype=torch.float64)
         )
-        shown = logprobs.exp().sum(-1).double() if partial else torch.ones(rows, dtype=torch.float64)
+        probs = logprobs.exp() if partial or boundary is None else None  # one pass serves both sums below
+        shown = probs.sum(-1).double() if probs is not None and partial else torch.ones(rows, dtype=torch.float64)
         if boundary is None:
+            assert probs is not None
             # the other tokens zeroed in place (no second [nodes, vocab] buffer), then summed
-            boundary = logprobs.exp().mul_(self._boundary_weights(logprobs.dtype)).sum(-1).double()
+            boundary = probs.mul_(self._boundary_weights(logprobs.dtype)).sum(-1).double()
         log_boundary = boundary.log()
         for row in (boundary < 1e-30).nonzero().flatten().tolist():
             log_boundary[row] = torch.logsumexp(logprobs[row].index_select(0, self.boundary).double(), 0)
