@@ -158,21 +158,10 @@ def test_tree_calls_on_the_other_families_they_take(architecture: str) -> None:
         Qwen3ForCausalLM,
     )
 
-    from tests.unit.tiny_models import tiny_tokenizer
+    from tests.unit.tiny_models import tiny_sizes, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
-    common = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        eos_token_id=0,
-        pad_token_id=0,
-        bos_token_id=None,
-    )
+    common = tiny_sizes(tokenizer)
     models = {
         "qwen2": lambda: Qwen2ForCausalLM(
             Qwen2Config(**common, use_sliding_window=True, sliding_window=4, max_window_layers=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -26,11 +28,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<eos>", pad_token="<eos>")
 
 
-def tiny_backend(architecture: str = "llama", seed: int = 0) -> HFBackend:
-    """A random 2-layer model in float64 (so cached and uncached passes agree to ~1e-12)."""
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(seed)
-    common = dict(
+def tiny_sizes(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
+    """The config arguments every tiny model shares: 2 layers of width 32, 4 heads over 2 KV heads."""
+    return dict(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -42,6 +42,13 @@ def tiny_backend(architecture: str = "llama", seed: int = 0) -> HFBackend:
         pad_token_id=0,
         bos_token_id=None,
     )
+
+
+def tiny_backend(architecture: str = "llama", seed: int = 0) -> HFBackend:
+    """A random 2-layer model in float64 (so cached and uncached passes agree to ~1e-12)."""
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    common = tiny_sizes(tokenizer)
     if architecture == "gemma3":
         # A sliding window shorter than prompt + answer exercises the sliding cache layers.
         config = Gemma3TextConfig(
