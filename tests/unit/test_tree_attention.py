@@ -13,6 +13,7 @@ from modescope.engine.tree import Child, Planned, PrefixTree, per_node
 from modescope.models import hf, lm_head
 from modescope.models.hf import HFBackend
 from modescope.models.tree_attention import TreeState
+from modescope.probes.distribution import outcome_distributions
 from tests.unit.tiny_models import tiny_backend
 
 PROMPT = "Q: 12 or 7?\nA:"
@@ -143,6 +144,28 @@ def test_distributions_take_tree_calls_and_keep_their_masses(architecture: str) 
     mass, reference = planned.to_pandas()["mass"], levels.to_pandas()["mass"]
     assert ((mass - reference).abs() <= 1e-12 * reference + 1e-300).all()
     assert calls < levels.results[0].stats.forward_calls
+
+
+def test_a_prompt_set_takes_tree_calls_one_prompt_after_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several prompts (of different lengths, one past the folded length) each get their own planned expansion:
+    the level path's masses (every prompt together, left-padded), and stats of their own."""
+    monkeypatch.setattr(hf, "FOLDED_PROMPT", 8)
+    backend = tiny_backend("gemma3")
+    prompts = [PROMPT, "1, 2,", "x"]
+    candidates = ms.integers(0, 30)
+    planned = outcome_distributions(backend, prompts, candidates)
+    backend.tree_start = lambda *args: None  # type: ignore[method-assign]  # as a backend without tree calls
+    levels = outcome_distributions(backend, prompts, candidates)
+    for got, want, prompt in zip(planned, levels, prompts, strict=True):
+        assert [o.text for o in got.outcomes] == [o.text for o in want.outcomes]
+        for a, b in zip(got.outcomes, want.outcomes, strict=True):
+            assert a.mass == pytest.approx(b.mass, rel=1e-12, abs=1e-300)
+        ids = backend.prompt_ids(prompt)
+        assert (got.stats.nodes, got.stats.prompt_tokens) == (want.stats.nodes, len(ids))
+        assert got.stats.tokens_forwarded == got.stats.minimum_tokens
+        assert got.stats.forward_calls == (1 if len(ids) <= hf.FOLDED_PROMPT else 2)  # its own passes only
+    assert {r.stats.forward_calls for r in planned} == {1, 2}  # a folded prompt and one in a pass of its own
+    assert levels[0].stats.forward_calls > 2  # the level path: the batch's passes, shared
 
 
 @pytest.mark.parametrize("architecture", ["qwen2", "mistral", "qwen3"])

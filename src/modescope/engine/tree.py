@@ -29,7 +29,7 @@ class Node:
     path: tuple[int, ...]  # tokens after the prompt; () is the root
     logprob: float  # log P(path | prompt), nats, float64
     data: Any = None  # what the caller attached when it asked for this node
-    prompt: int = 0  # which prompt of `PrefixTree.expand_many` the path continues
+    prompt: int = 0  # which prompt the path continues (of `expand_many`, or `expand_planned`'s prompt_index)
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,15 @@ class PrefixTree:
         visit: PlannedVisit,
         root_data: Any = None,
         token_sets: torch.Tensor | None = None,
+        prompt_index: int = 0,
     ) -> ExpansionStats | None:
         """Visit the root, then every node of `plan` (parents before children), forwarding `batch_size` nodes
         per pass with the backend's tree calls: each node costs one token position and no cache is copied, and
         a pass holds nodes of any levels, so it stays full whatever the tree's shape. Each visit gets a batch's
         nodes and their step: log-probabilities and, for `token_sets` [sets, vocab], each set's probability
-        (summed by the backend as it normalizes, when no `transform` changes the distributions first). None,
-        with nothing done, from a backend without tree calls: then use `expand`."""
+        (summed by the backend as it normalizes, when no `transform` changes the distributions first). The nodes
+        carry `prompt_index` (`Node.prompt`), for a caller that expands the same plan below several prompts.
+        None, with nothing done, from a backend without tree calls: then use `expand`."""
         started = time.perf_counter()
         before_tokens, before_calls = self.backend.stats.tokens, self.backend.stats.calls
         first = range(min(self.batch_size, len(plan)))
@@ -178,7 +180,11 @@ class PrefixTree:
             earlier one."""
             nodes = []
             for row, k in enumerate(indices):
-                node = Node(paths[k], logprob[k], plan[k].data) if k >= 0 else Node((), 0.0, root_data)
+                node = (
+                    Node(paths[k], logprob[k], plan[k].data, prompt_index)
+                    if k >= 0
+                    else Node((), 0.0, root_data, prompt_index)
+                )
                 below = children[k + 1]
                 steps = logprobs[row, [plan[c].token for c in below]].tolist() if below else []
                 for child, step in zip(below, steps, strict=True):

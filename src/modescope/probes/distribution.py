@@ -530,13 +530,13 @@ def outcome_distributions(
     progress: Callable[[int, int], None] | None = None,
     temperature: float = 1.0,
 ) -> list[ModelDistribution]:
-    """`outcome_distribution` of each prompt, the answer trees of all prompts expanded together (each level's
-    forward passes serve every prompt; see `PrefixTree.expand_many`). Masses equal the prompts' own runs up to
-    the rounding of batched matmuls.
-
-    Each result's stats count its own tree (nodes, levels, prompt tokens; `tokens_forwarded` leaves the batch's
-    padding out), `forward_calls` are those of the whole batch, which served every prompt, and `seconds` is the
-    batch's time split in proportion to each prompt's tokens. `progress(done, total)` counts tree nodes over all
+    """`outcome_distribution` of each prompt. A backend with tree calls (`Backend.tree_start`) expands each
+    prompt's answer tree in its own full passes, one prompt after another, and each result's stats are its own.
+    Otherwise the answer trees of all prompts are expanded together (each level's forward passes serve every
+    prompt; see `PrefixTree.expand_many`): each result's stats count its own tree (nodes, levels, prompt tokens;
+    `tokens_forwarded` leaves the batch's padding out), `forward_calls` are those of the whole batch, which
+    served every prompt, and `seconds` is the batch's time split in proportion to each prompt's tokens. Either
+    way masses equal the prompts' own runs up to the rounding of batched matmuls. `progress(done, total)` counts tree nodes over all
     prompts. A server that scores given tokens answers each prompt on its own (it batches requests itself).
     """
     check_temperature(temperature)
@@ -608,18 +608,28 @@ def _expanded_bounds(
                 )
             return found
 
-        tree = PrefixTree(backend, batch_size=batch_size, progress=advance, transform=tempered(temperature))
+        def expansion() -> PrefixTree:
+            return PrefixTree(backend, batch_size=batch_size, progress=advance, transform=tempered(temperature))
+
         # a whole distribution at every node: the tree is known before it is expanded, so a backend with tree
-        # calls takes it in a few full passes (nodes of every level together); otherwise level by level
-        planned = None
-        if not partial and len(prompt_ids) == 1:
-            sets = answers.token_sets()
+        # calls takes it in a few full passes (nodes of every level together), one prompt after another (each
+        # prompt's nodes fill the passes; its stats are its own); otherwise level by level, every prompt together
+        planned: list[ExpansionStats] = []
+        if not partial:
+            sets, plan = answers.token_sets(), _plan(answers)
 
             def visit_step(batch: Sequence[Node], step: TreeStep) -> None:
                 visit(batch, step.logprobs, step.set_sums[:, 0] if step.set_sums is not None else None)
 
-            planned = tree.expand_planned(prompt_ids[0], _plan(answers), visit_step, answers.root, sets)
-        total = planned or tree.expand_many(prompt_ids, None, [answers.root] * len(prompt_ids), visit_batch=visit)
+            for k, ids in enumerate(prompt_ids):
+                stats = expansion().expand_planned(ids, plan, visit_step, answers.root, sets, prompt_index=k)
+                if stats is None:  # no tree calls (nothing was visited)
+                    break
+                planned.append(stats)
+        if planned:  # tree calls are the backend's: every prompt had them
+            assert len(planned) == len(prompt_ids)
+            return [(*answers.candidate_bounds(pieces[k], extras[k]), planned[k]) for k in range(len(prompt_ids))]
+        total = expansion().expand_many(prompt_ids, None, [answers.root] * len(prompt_ids), visit_batch=visit)
     own = [len(ids) + n for ids, n in zip(prompt_ids, nodes, strict=True)]  # token positions of each prompt
     found = []
     for k, ids in enumerate(prompt_ids):

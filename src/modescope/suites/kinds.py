@@ -79,8 +79,9 @@ def run_distribution(ctx: ProbeContext, probe: schema.DistributionProbe) -> Prob
 def _distribution_prompts(
     backend: Backend, probe: schema.DistributionProbe, prompts: list[str], progress: Progress
 ) -> list[ProbeOutput]:
-    """The exact distribution on each prompt, the answer trees of all the prompts expanded together (each
-    level's forward passes serve every prompt); equal to one prompt at a time up to float rounding."""
+    """The exact distribution on each prompt (`outcome_distributions`: on tree calls one prompt after another,
+    else the answer trees of all the prompts level by level together); equal to one prompt at a time up to
+    float rounding."""
     from modescope.probes.distribution import DistributionResult, outcome_distributions
 
     candidates = probe.values() or []
@@ -494,7 +495,7 @@ RUNNERS: dict[str, Callable[[ProbeContext, Any], ProbeOutput]] = {
 
 # Rows decoded at once when a kind batches several prompts (each prompt brings n rows).
 BATCH_ROWS = 256
-# Prompts whose answer trees are expanded together (each level's batches, of up to 128 nodes, serve them all)
+# Prompts of one batch of a prompt set (expanded one after another on tree calls, else level by level together)
 DISTRIBUTION_PROMPTS = 8
 
 
