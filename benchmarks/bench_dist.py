@@ -11,7 +11,11 @@ For each default model, on examples/random-integer.txt with the integers 0..100 
 5. the hardware floor of each engine run (benchmarks/floor.py: the run's FLOPs at a float32 matmul peak
    measured in the same run) and time / floor, with a profile of where the time goes;
 6. the engine's float32 masses against the same engine computing its log-softmax in float64 (at most 1e-4
-   relative, enforced).
+   relative, enforced);
+7. a prompt set (`outcome_distributions` on 8 phrasings of the question, canonical tokenizations): each prompt
+   on tree calls in its own passes, one after another, against every prompt expanded level by level together
+   (the path before tree calls, and still that of backends without them); the two must give the same masses
+   (within 1e-4 relative, enforced), and the tree calls' time is put against their floor.
 
 Run it with `.venv/bin/python benchmarks/bench_dist.py [--skip-cold] [--json PATH]` (or `make bench`).
 Timings are the best of --repeats runs (the median is reported too); each engine measurement starts with one
@@ -72,6 +76,16 @@ TOKEN_RATIO_TARGET = 1.2
 FLOOR_TARGET = 2.0  # engine time / hardware floor
 FLOAT64_LIMIT = 1e-4  # max relative difference between float32 and float64 log-softmax masses (enforced)
 
+PROMPT_SET = [  # the prompt file's question, then 7 other phrasings of it
+    "Q: Pick a number from 0 to 100.\nA: I pick",
+    "Q: Give me a random number between 0 and 100.\nA: Sure, here it is:",
+    "Q: Think of a number between 0 and 100.\nA: The number I thought of is",
+    "Q: Choose any whole number from 0 to 100.\nA: My choice is",
+    "Q: Roll a 101-sided die numbered 0 to 100.\nA: It landed on",
+    "Q: What is your favourite number between 0 and 100?\nA: My favourite is",
+    "Q: Name a random integer in [0, 100].\nA: Ok:",
+]
+
 T = TypeVar("T")
 console = Console()
 
@@ -113,6 +127,34 @@ class BaselineRun:
 
 
 @dataclass
+class PromptSetRun:
+    """A prompt set's distributions two ways: tree calls (one prompt after another) and the level path (every
+    prompt together)."""
+
+    prompts: int
+    tree: Timing
+    levels: Timing
+    tree_calls: int  # forward passes, summed over the prompts
+    level_calls: int
+    max_rel_diff: float
+    flops: float  # of the tree calls, summed over the prompts
+    floor: Floor | None = None
+
+    @property
+    def speedup(self) -> float:
+        return self.levels.best_s / self.tree.best_s
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items() if k not in ("tree", "levels", "floor")}
+        return data | {
+            "tree": self.tree.to_dict(),
+            "levels": self.levels.to_dict(),
+            "speedup": self.speedup,
+            "floor": self.floor.to_dict() if self.floor else None,
+        }
+
+
+@dataclass
 class ModelReport:
     model: str
     cold_load: Timing | None = None
@@ -122,6 +164,7 @@ class ModelReport:
     canonical: EngineRun | None = None
     all: EngineRun | None = None
     baseline: BaselineRun | None = None
+    prompt_set: PromptSetRun | None = None
     max_rel_diff: float = math.nan
     worst_candidate: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -135,7 +178,8 @@ class ModelReport:
     def agrees(self) -> bool:
         runs = [r for r in (self.canonical, self.all) if r]
         precise = all(r.float64_rel_diff <= FLOAT64_LIMIT for r in runs)
-        return self.max_rel_diff <= AGREEMENT_LIMIT and precise  # False for NaN too
+        same_set = self.prompt_set is None or self.prompt_set.max_rel_diff <= AGREEMENT_LIMIT
+        return self.max_rel_diff <= AGREEMENT_LIMIT and precise and same_set  # False for NaN too
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"model": self.model, "populated_cache": self.populated_cache}
@@ -157,6 +201,7 @@ class ModelReport:
             data["speedup"] = self.speedup
             data["canonical_masses"] = self.canonical.masses
             data["baseline_masses"] = self.baseline.masses
+        data["prompt_set"] = self.prompt_set.to_dict() if self.prompt_set else None
         data["max_rel_diff"] = self.max_rel_diff
         data["worst_candidate"] = self.worst_candidate
         data["agrees"] = self.agrees
@@ -249,6 +294,49 @@ def engine_floor(backend: HFBackend, run: EngineRun, peak_gflops: float) -> Floo
     shape = ModelShape.of(backend)
     flops = shape.flops(run.tokens_forwarded, run.nodes + 1, run.prompt_tokens + run.levels)
     return Floor(flops, peak_gflops, run.timing.best_s)
+
+
+def prompt_set_run(
+    backend: HFBackend, prompts: list[str], candidates: list[str], repeats: int, advance: Callable[[], None]
+) -> PromptSetRun:
+    """The prompt set on tree calls and on the level path (the backend's tree calls switched off), interleaved
+    after one untimed warm-up each; the floor sums each prompt's own (its stats are its own on tree calls)."""
+    from modescope.probes.distribution import outcome_distributions
+
+    def run(tree_calls: bool) -> Any:
+        if not tree_calls:
+            backend.tree_start = lambda *args: None  # type: ignore[method-assign]
+        try:
+            return outcome_distributions(backend, prompts, candidates, tokenizations="canonical")
+        finally:
+            vars(backend).pop("tree_start", None)  # the class's method again
+            advance()
+
+    tree_first, tree_results = timed(lambda: run(True))
+    level_first, level_results = timed(lambda: run(False))
+    tree_runs, level_runs = [], []
+    for _ in range(repeats):
+        tree_runs.append(timed(lambda: run(True))[0])
+        level_runs.append(timed(lambda: run(False))[0])
+    differences = [
+        d
+        for a, b in zip(level_results, tree_results, strict=True)
+        for d in relative_differences([o.mass for o in a.outcomes], [o.mass for o in b.outcomes])
+    ]
+    shape = ModelShape.of(backend)
+    flops = sum(
+        shape.flops(r.stats.tokens_forwarded, r.stats.nodes + 1, r.stats.prompt_tokens + r.stats.levels)
+        for r in tree_results
+    )
+    return PromptSetRun(
+        len(prompts),
+        Timing(tree_runs, tree_first),
+        Timing(level_runs, level_first),
+        sum(r.stats.forward_calls for r in tree_results),
+        level_results[0].stats.forward_calls,
+        max(differences),
+        flops,
+    )
 
 
 def baseline_masses(
@@ -346,10 +434,16 @@ def bench_model(
     report.max_rel_diff, report.worst_candidate = differences[worst], candidates[worst]
     with task(progress, f"{name}: engine, all tokenizations", args.repeats + 3) as advance:
         report.all = engine_run(backend, prompt, candidates, "all", args.repeats, advance)
+    prompts = [prompt, *PROMPT_SET]
+    with task(
+        progress, f"{name}: prompt set of {len(prompts)}, tree calls and levels", 2 * (args.repeats + 1)
+    ) as advance:
+        report.prompt_set = prompt_set_run(backend, prompts, candidates, args.repeats, advance)
     with task(progress, f"{name}: float32 matmul peak", None):
         report.peak_gflops = max(peak_before, matmul_peak_gflops())
     report.canonical.floor = engine_floor(backend, report.canonical, report.peak_gflops)
     report.all.floor = engine_floor(backend, report.all, report.peak_gflops)
+    report.prompt_set.floor = Floor(report.prompt_set.flops, report.peak_gflops, report.prompt_set.tree.best_s)
     del backend
     gc.collect()
     return report
@@ -398,6 +492,19 @@ def model_table(report: ModelReport) -> Table:
             table.add_row(
                 f"transformers' head, {run.mode}", f"{run.unfused_s:.2f} s (fused head {gain:.2f}x faster)", ""
             )
+    if report.prompt_set:
+        table.add_section()
+        ps = report.prompt_set
+        table.add_row(f"prompt set of {ps.prompts}, tree calls", f"{detail(ps.tree)}; {ps.tree_calls} passes", "")
+        table.add_row("prompt set, levels together", f"{detail(ps.levels)}; {ps.level_calls} passes", "")
+        table.add_row("prompt set speed-up levels/tree", f"{ps.speedup:.2f}x", "")
+        if ps.floor:
+            value = f"{ps.floor.floor_s:.2f} s; time / floor {ps.floor.ratio:.1f}x"
+            table.add_row("floor, prompt set", value, against(ps.floor.ratio <= FLOOR_TARGET, f"<= {FLOOR_TARGET:g}x"))
+        met = ps.max_rel_diff <= AGREEMENT_LIMIT
+        table.add_row(
+            "prompt set masses max rel. diff", f"{ps.max_rel_diff:.1e}", against(met, f"<= {AGREEMENT_LIMIT:g}")
+        )
     table.add_section()
     for run in (canonical, every):
         value = f"{run.tokens_forwarded} / {run.minimum_tokens} = {run.token_ratio:.2f}x"
@@ -433,6 +540,12 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
             "engine all": best(r.all.timing),
             "time / floor canonical": f"{r.canonical.floor.ratio:.1f}x" if r.canonical.floor else "",
             "time / floor all": f"{r.all.floor.ratio:.1f}x" if r.all.floor else "",
+            "prompt set tree / levels": (
+                f"{r.prompt_set.tree.best_s:.2f} / {r.prompt_set.levels.best_s:.2f} s" if r.prompt_set else ""
+            ),
+            "time / floor prompt set": (
+                f"{r.prompt_set.floor.ratio:.1f}x" if r.prompt_set and r.prompt_set.floor else ""
+            ),
             "tokens canonical": f"{r.canonical.tokens_forwarded} ({r.canonical.token_ratio:.2f}x min)",
             "tokens all": f"{r.all.tokens_forwarded} ({r.all.token_ratio:.2f}x min)",
             "tokens baseline": f"{r.baseline.tokens_padded}",
@@ -491,8 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         "ok": not failed,
     }
     failure = (
-        f"baseline and engine masses differ by more than {AGREEMENT_LIMIT:g} relative, or float32 and float64 "
-        f"engine masses by more than {FLOAT64_LIMIT:g}, for " + ", ".join(failed)
+        f"baseline and engine masses (or the prompt set's two ways) differ by more than {AGREEMENT_LIMIT:g} "
+        f"relative, or float32 and float64 engine masses by more than {FLOAT64_LIMIT:g}, for " + ", ".join(failed)
     )
     success = (
         f"baseline and engine masses agree within {AGREEMENT_LIMIT:g} relative, float32 and float64 engine masses "

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from modescope.engine.decode import generate
+from modescope.engine.decode import generate, largest
 from modescope.engine.samplers import SamplerSettings
 from modescope.errors import ModescopeError
 from modescope.models.analytic import AnalyticBackend
@@ -274,3 +275,22 @@ def test_rows_of_a_padded_batch_finish_independently(architecture: str) -> None:
         assert batched.finish_reason == alone.finish_reason
         for a, b in zip(batched.tokens, alone.tokens, strict=True):
             assert a.raw_logprob == pytest.approx(b.raw_logprob, abs=1e-9)
+
+
+@pytest.mark.parametrize("size", [262_144, 49_152, 151_936, 40 * 256 + 7, 300])
+def test_largest_gives_the_top_k_of_every_row(size: int) -> None:
+    """`largest` (block maxima, then the chosen blocks) gives torch's top-k values on vocabularies of whole
+    blocks, with a ragged tail, and too small to split; with ties, -inf entries and rows expanded from one."""
+    generator = torch.Generator().manual_seed(size)
+    x = torch.randn(6, size, generator=generator).log_softmax(-1)
+    x[0, :] = x[0, 0]  # a whole row of ties
+    x[1, size // 2 :] = -math.inf
+    x[2, -3:] = 5.0  # the largest entries in the ragged tail
+    x[3, 7] = x[3, size - 300] = x[3].max()  # a tie at the top, far apart
+    for rows in (x, x[4:5].expand(5, -1)):
+        for k in (1, 10, 50):
+            values, ids = largest(rows, k)
+            reference = rows.topk(k, dim=-1)
+            assert torch.equal(values, reference.values)
+            assert torch.equal(rows.gather(1, ids), values)  # each id holds its value
+            assert all(len(set(r)) == k for r in ids.tolist())  # k distinct ids per row

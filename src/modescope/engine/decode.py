@@ -473,6 +473,33 @@ class _TokenTexts(dict[int, str]):
         return text
 
 
+BLOCK = 256  # vocabulary entries per block of `largest`
+
+
+def largest(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest entries of each row of `x` [rows, vocab], largest first, and their ids: `x.topk(k)`, in
+    two small passes instead of one over the vocabulary. torch's top-k keeps a running selection per row
+    (6.3 ms for 32 rows of Gemma's 262k vocabulary here); the row's block maxima are one fast reduction, and
+    the k largest entries lie in the k blocks with the largest maxima (every entry above the k-th largest
+    maximum has its block among them, and those k maxima are k entries at least that large), so a top-k of
+    the maxima and one of those blocks give the same values (0.9 ms). Ties are in no set order, as with
+    `topk`. A vocabulary that is no whole number of blocks keeps its last entries as candidates too."""
+    rows, size = x.shape
+    blocks = size // BLOCK
+    if blocks < 4 * k:  # a small vocabulary: one pass is as fast
+        top = x.topk(k, dim=-1)
+        return top.values, top.indices
+    body = x[:, : blocks * BLOCK].reshape(rows, blocks, BLOCK)
+    chosen = body.amax(dim=-1).topk(k, dim=-1).indices  # [rows, k] blocks
+    candidates = body.gather(1, chosen.unsqueeze(-1).expand(rows, k, BLOCK)).reshape(rows, k * BLOCK)
+    ids = (chosen.unsqueeze(-1) * BLOCK + torch.arange(BLOCK, device=x.device)).reshape(rows, k * BLOCK)
+    if blocks * BLOCK < size:
+        candidates = torch.cat([candidates, x[:, blocks * BLOCK :]], dim=1)
+        ids = torch.cat([ids, torch.arange(blocks * BLOCK, size, device=x.device).expand(rows, -1)], dim=1)
+    top = candidates.topk(k, dim=-1)
+    return top.values, ids.gather(1, top.indices)
+
+
 def _choose(
     logprobs: torch.Tensor,
     settings: SamplerSettings,
@@ -493,8 +520,8 @@ def _choose(
     entropy = entropy_bits(logprobs, probs).tolist()
     tops: list[list[Alternative]] = [[] for _ in chosen]
     if top_k_alternatives:
-        top = logprobs.topk(min(top_k_alternatives, logprobs.shape[-1]), dim=-1)
-        for row, (ids, values) in enumerate(zip(top.indices.tolist(), top.values.tolist(), strict=True)):
+        values_of, ids_of = largest(logprobs, min(top_k_alternatives, logprobs.shape[-1]))
+        for row, (ids, values) in enumerate(zip(ids_of.tolist(), values_of.tolist(), strict=True)):
             tops[row] = [Alternative(i, text_of[i], v) for i, v in zip(ids, values, strict=True)]
     special = text_of.backend.vocab.special_ids
     return [
