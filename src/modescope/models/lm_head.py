@@ -42,7 +42,9 @@ def head_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """float32 log-softmax of `hidden @ weight[:vocab].T` for `hidden` [rows, dim]: [rows, vocab]; and, for
     `token_sets` [sets, vocab] (0/1 float32 weights), each set's probability [rows, sets] in float64, summed
-    from the exponentials the normalizer is summed from (no pass over the output again)."""
+    from the exponentials the normalizer is summed from (no pass over the output again): within a chunk as a
+    product of the exponentials with the weights (float32 accumulation over 8192 terms, ~5e-8 relative), across
+    chunks in float64."""
     hidden = hidden.to(weight.dtype)
     out = torch.empty(hidden.shape[0], vocab, dtype=torch.float32, device=hidden.device)
     work = torch.empty(hidden.shape[0], min(CHUNK, vocab), dtype=torch.float32, device=hidden.device)
@@ -54,9 +56,8 @@ def head_logprobs(
         tops.append(top)
         exps = torch.sub(chunk, top, out=work[:, : chunk.shape[1]]).exp_()  # one buffer for every chunk
         sums.append(exps.sum(dim=1, keepdim=True))
-        if token_sets is not None:
-            parts = [(exps * weights[start : start + CHUNK]).sum(dim=1) for weights in token_sets]
-            set_parts.append(torch.stack(parts, dim=1))
+        if token_sets is not None:  # [rows, sets]: one product, no [rows, chunk] temporary (7% of the head)
+            set_parts.append(exps @ token_sets[:, start : start + CHUNK].T)
     top64 = torch.cat(tops, dim=1).double()
     peak = top64.max(dim=1, keepdim=True).values
     scale = (top64 - peak).exp()  # [rows, chunks]: each chunk's exponentials relative to the row's peak
