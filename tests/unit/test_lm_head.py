@@ -84,3 +84,26 @@ def test_the_head_is_read_at_every_call_not_kept_from_loading() -> None:
     assert lm_head.plain_head(backend.model) is None
     fused, plain = both_ways(backend, lambda b: b.start(ids)[1])
     assert torch.equal(fused, plain)
+
+
+def test_picked_columns_and_tiny_set_sums_are_those_of_the_whole_head(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With `columns` the head gives exactly the whole head's values at those columns (in their order, across
+    chunks and a short last one); set sums come from the same exponentials, and a set whose tokens lie ~200
+    nats under the others (its float32 exponentials are 0) is summed again in float64."""
+    monkeypatch.setattr(lm_head, "CHUNK", 48)
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(265, 16, generator=generator)
+    hidden = torch.randn(5, 16, generator=generator)
+    weight[200:203] = -200 * hidden[0] / hidden[0].norm() ** 2  # row 0's logits there: -200
+    sets = torch.zeros(3, 265)
+    sets[0, [1, 50, 100, 264]] = 1
+    sets[1, 200:203] = 1  # underflows in float32 for row 0
+    full, sums = lm_head.head_logprobs(hidden, weight, 265, sets)
+    columns = torch.tensor([264, 3, 47, 48, 200, 96])
+    picked, picked_sums = lm_head.head_logprobs(hidden, weight, 265, sets, columns)
+    assert torch.equal(picked, full[:, columns])
+    assert sums is not None and picked_sums is not None and torch.equal(sums, picked_sums)
+    exact = torch.log_softmax((hidden @ weight.T).double(), -1).exp() @ sets[:2].double().T
+    # float32 logits of size 200 carry ~1e-5 of rounding into their exponentials
+    assert torch.allclose(sums[:, :2], exact, rtol=1e-4, atol=0)
+    assert 0 < sums[0, 1] < 1e-80 and sums[:, 2].eq(0).all()  # summed again, and an empty set stays 0

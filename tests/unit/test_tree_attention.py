@@ -80,6 +80,35 @@ def test_tree_calls_in_float32_sum_token_sets(architecture: str, fused: bool, mo
     assert torch.allclose(step.set_sums, expected, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("folded", [True, False])
+def test_tree_calls_with_columns_keep_those_of_the_whole_step(
+    fused: bool, folded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tree started with `columns` gives, at every step, the whole step's log-probabilities at those columns
+    (fused head or transformers', the prompt in the first pass or in one of its own), looked up by token id."""
+    monkeypatch.setattr(lm_head, "CHUNK", 48)
+    if not folded:
+        monkeypatch.setattr(hf, "FOLDED_PROMPT", 4)
+    backend = in_float32("gemma3")
+    backend.fused_head = fused
+    ids = backend.prompt_ids(PROMPT)
+    sets = (torch.rand(2, backend.vocab.size, generator=torch.Generator().manual_seed(1)) < 0.3).float()
+    columns = torch.tensor([260, 5, 100, 33, 9, 264])
+    steps = []
+    for kept in (None, columns):
+        begun = backend.tree_start(ids, [p for p, _ in TREE[:5]], [t for _, t in TREE[:5]], sets, kept)
+        assert begun is not None
+        steps.append(begun[1].then(backend.tree_extend(begun[0], [p for p, _ in TREE[5:]], [t for _, t in TREE[5:]])))
+    whole, picked = steps
+    assert picked.columns is columns and picked.logprobs.shape == (1 + len(TREE), len(columns))
+    assert torch.equal(picked.logprobs, whole.logprobs[:, columns])
+    assert whole.set_sums is not None and picked.set_sums is not None
+    assert torch.allclose(picked.set_sums, whole.set_sums, rtol=1e-12, atol=0)
+    assert picked.at(3, [9, 264, 9]) == whole.at(3, [9, 264, 9]) == whole.logprobs[3, [9, 264, 9]].tolist()
+    assert float(picked.row(7)[100]) == float(whole.row(7)[100]) == float(whole.logprobs[7, 100])
+
+
 def test_tree_calls_leave_the_model_as_it_was() -> None:
     backend = tiny_backend("llama")
     implementation = backend.model.config._attn_implementation

@@ -150,6 +150,7 @@ class PrefixTree:
         root_data: Any = None,
         token_sets: torch.Tensor | None = None,
         prompt_index: int = 0,
+        columns: torch.Tensor | None = None,
     ) -> ExpansionStats | None:
         """Visit the root, then every node of `plan` (parents before children), forwarding `batch_size` nodes
         per pass with the backend's tree calls: each node costs one token position and no cache is copied, and
@@ -157,12 +158,17 @@ class PrefixTree:
         nodes and their step: log-probabilities and, for `token_sets` [sets, vocab], each set's probability
         (summed by the backend as it normalizes, when no `transform` changes the distributions first). The nodes
         carry `prompt_index` (`Node.prompt`), for a caller that expands the same plan below several prompts.
-        None, with nothing done, from a backend without tree calls: then use `expand`."""
+        With `columns` (vocabulary ids, every token of the plan among them) the steps keep only those
+        log-probabilities, unless a `transform` needs whole rows. None, with nothing done, from a backend
+        without tree calls: then use `expand`."""
         started = time.perf_counter()
         before_tokens, before_calls = self.backend.stats.tokens, self.backend.stats.calls
         first = range(min(self.batch_size, len(plan)))
         parents, tokens = [plan[k].parent for k in first], [plan[k].token for k in first]
-        begun = self.backend.tree_start(prompt, parents, tokens, None if self.transform else token_sets)
+        plain = self.transform is None
+        begun = self.backend.tree_start(
+            prompt, parents, tokens, token_sets if plain else None, columns if plain else None
+        )
         if begun is None:
             return None
         tree, first_step = begun
@@ -174,7 +180,7 @@ class PrefixTree:
             children[node.parent + 1].append(k)
         logprob = [0.0] * len(plan)
 
-        def made(indices: Sequence[int], logprobs: torch.Tensor) -> list[Node]:
+        def made(indices: Sequence[int], step: TreeStep) -> list[Node]:
             """The nodes of a forwarded batch (plan indices; -1 is the root), made in order: each row gives its
             children their path log-probabilities, and a parent comes before its children, in this batch or an
             earlier one."""
@@ -186,9 +192,8 @@ class PrefixTree:
                     else Node((), 0.0, root_data, prompt_index)
                 )
                 below = children[k + 1]
-                steps = logprobs[row, [plan[c].token for c in below]].tolist() if below else []
-                for child, step in zip(below, steps, strict=True):
-                    logprob[child] = node.logprob + step
+                for child, value in zip(below, step.at(row, [plan[c].token for c in below]), strict=True):
+                    logprob[child] = node.logprob + value
                 nodes.append(node)
             return nodes
 
@@ -205,13 +210,13 @@ class PrefixTree:
                 self.progress(len(batch))
 
         step = transformed(first_step)  # the root's row, then the first batch's
-        visit(made([-1, *first], step.logprobs), step)
+        visit(made([-1, *first], step), step)
         counted(first)
         for start in range(len(first), len(plan), self.batch_size):
             batch = range(start, min(start + self.batch_size, len(plan)))
             step = self.backend.tree_extend(tree, [plan[k].parent for k in batch], [plan[k].token for k in batch])
             step = transformed(step)
-            visit(made(batch, step.logprobs), step)
+            visit(made(batch, step), step)
             counted(batch)
         self.stats.tokens_forwarded += self.backend.stats.tokens - before_tokens
         self.stats.forward_calls += self.backend.stats.calls - before_calls

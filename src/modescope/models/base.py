@@ -19,6 +19,7 @@ from typing import Any, Literal
 import torch
 
 from modescope.errors import ModescopeError
+from modescope.models.lm_head import exact_set_sums
 from modescope.models.vocab import Vocabulary
 
 Tier = Literal["full", "top-k", "sample-only"]
@@ -152,30 +153,70 @@ class PrefixRows(Rows):
 
 @dataclass
 class TreeStep:
-    """What a tree call gives for its nodes: next-token log-probabilities [nodes, vocab] and, when the tree was
-    started with token sets, each set's total probability after each node [nodes, sets], float64."""
+    """What a tree call gives for its nodes: next-token log-probabilities [nodes, vocab], or [nodes, columns] for
+    a tree started with `columns` (the vocabulary ids of its columns, in that order); and, when the tree was
+    started with token sets, each set's total probability after each node [nodes, sets], float64, exact even
+    when tiny (`lm_head.exact_set_sums`)."""
 
     logprobs: torch.Tensor
     set_sums: torch.Tensor | None = None
+    columns: torch.Tensor | None = None
+    _place_of: dict[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def then(self, other: TreeStep | None) -> TreeStep:
-        """This step's rows followed by `other`'s."""
+        """This step's rows followed by `other`'s (the same columns)."""
         if other is None:
             return self
         sums = None
         if self.set_sums is not None and other.set_sums is not None:
             sums = torch.cat([self.set_sums, other.set_sums])
-        return TreeStep(torch.cat([self.logprobs, other.logprobs]), sums)
+        return TreeStep(torch.cat([self.logprobs, other.logprobs]), sums, self.columns)
+
+    def row(self, row: int) -> StepRow:
+        """Row `row`'s log-probabilities, looked up by token id (`step.row(r)[token]`)."""
+        return StepRow(self.logprobs[row], self._places())
+
+    def at(self, row: int, tokens: Sequence[int]) -> list[float]:
+        """Row `row`'s log-probabilities of `tokens` (one gather)."""
+        if not tokens:
+            return []
+        places = self._places()
+        index = [places[t] for t in tokens] if places is not None else list(tokens)
+        return self.logprobs[row, index].tolist()
+
+    def _places(self) -> dict[int, int] | None:
+        if self.columns is not None and self._place_of is None:
+            self._place_of = {token: k for k, token in enumerate(self.columns.tolist())}
+        return self._place_of
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """One node's log-probabilities from a `TreeStep`, by token id (only its columns when it has some)."""
+
+    logprobs: torch.Tensor
+    places: dict[int, int] | None
+
+    def __getitem__(self, token: int) -> torch.Tensor:
+        return self.logprobs[token if self.places is None else self.places[token]]
+
+
+def pick_columns(logprobs: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
+    """`logprobs` [rows, vocab] restricted to `columns` (all of them for None)."""
+    return logprobs if columns is None else logprobs.index_select(1, columns.to(logprobs.device))
 
 
 def token_set_sums(logprobs: torch.Tensor, token_sets: torch.Tensor | None) -> torch.Tensor | None:
     """Each token set's total probability [rows, sets] (float64) from log-probabilities [rows, vocab], summed in
-    cascades (`Tensor.sum`); None without sets. `token_sets` [sets, vocab] holds 0/1 weights."""
+    cascades (`Tensor.sum`), exact even when tiny (`lm_head.exact_set_sums`); None without sets. `token_sets`
+    [sets, vocab] holds 0/1 weights."""
     if token_sets is None:
         return None
     probs = logprobs.exp()
     weights = token_sets.to(probs.dtype)
-    return torch.stack([(probs * w).sum(-1) for w in weights], dim=1).double()
+    sums = torch.stack([(probs * w).sum(-1) for w in weights], dim=1).double()
+    zero = torch.zeros(len(logprobs), 1, dtype=torch.float64)
+    return exact_set_sums(sums, token_sets, zero, lambda row: logprobs[row])
 
 
 @dataclass
@@ -310,12 +351,14 @@ class Backend(ABC):
         parents: Sequence[int],
         tokens: Sequence[int],
         token_sets: torch.Tensor | None = None,
+        columns: torch.Tensor | None = None,
     ) -> tuple[Any, TreeStep] | None:
         """Start a tree of tree calls (`tree_extend`) below a prompt with its first nodes (as `tree_extend` takes
         them), in one forward pass where the prompt is short: the tree's state, and the step of the prompt's last
         position (its next-token distribution) followed by one row per node. None, before any work, from a
         backend without tree calls (the engine then goes level by level with `extend`). `token_sets`
-        [sets, vocab] (0/1 weights) are summed over at every node of the tree (`TreeStep.set_sums`)."""
+        [sets, vocab] (0/1 weights) are summed over at every node of the tree (`TreeStep.set_sums`); with
+        `columns` (vocabulary ids) every step keeps only those log-probabilities (`TreeStep.columns`)."""
         return None
 
     def tree_extend(self, tree: Any, parents: Sequence[int], tokens: Sequence[int]) -> TreeStep:

@@ -25,7 +25,15 @@ from typing import Any
 import torch
 
 from modescope.errors import ModescopeError
-from modescope.models.base import Backend, Capabilities, ChatPrompt, Rows, TreeStep, token_set_sums
+from modescope.models.base import (
+    Backend,
+    Capabilities,
+    ChatPrompt,
+    Rows,
+    TreeStep,
+    pick_columns,
+    token_set_sums,
+)
 from modescope.models.dtypes import auto_dtype
 from modescope.models.gguf_convert import Header
 from modescope.models.lm_head import head_logprobs, plain_head
@@ -251,12 +259,15 @@ class HFBackend(Backend):
         with tree.attending():
             if head is None:
                 logprobs = self._logprobs(self._forward(ids, **kwargs).logits[0, first_row:])
-                return TreeStep(logprobs, token_set_sums(logprobs, tree.token_sets))
+                sums = token_set_sums(logprobs, tree.token_sets)
+                return TreeStep(pick_columns(logprobs, tree.columns), sums, tree.columns)
             out = self._decoder_forward(ids, **kwargs)
         with torch.inference_mode():
             sets = tree.token_sets.to(self.device, torch.float32) if tree.token_sets is not None else None
-            logprobs, sums = head_logprobs(out.last_hidden_state[0, first_row:], head, self.vocab.size, sets)
-        return TreeStep(logprobs.cpu(), sums.cpu() if sums is not None else None)
+            columns = tree.columns.to(self.device) if tree.columns is not None else None
+            hidden = out.last_hidden_state[0, first_row:]
+            logprobs, sums = head_logprobs(hidden, head, self.vocab.size, sets, columns)
+        return TreeStep(logprobs.cpu(), sums.cpu() if sums is not None else None, tree.columns)
 
     def _decoder_forward(self, input_ids: torch.Tensor, **kwargs: Any) -> Any:
         """The model without its LM head: the final hidden states (and the cache)."""
@@ -350,6 +361,7 @@ class HFBackend(Backend):
         parents: Sequence[int],
         tokens: Sequence[int],
         token_sets: torch.Tensor | None = None,
+        columns: torch.Tensor | None = None,
     ) -> tuple[TreeState, TreeStep] | None:
         if self._tree_configs is None:
             return None
@@ -358,11 +370,13 @@ class HFBackend(Backend):
         if len(prompt) > FOLDED_PROMPT:  # the prompt in a pass of its own, kept as a cache would keep it
             rows, logprobs = self.start(prompt)
             assert isinstance(rows, CacheRows)
-            tree = TreeState.from_cache(rows.cache, len(prompt), self._tree_configs, token_sets)
-            root = TreeStep(logprobs, token_set_sums(logprobs, token_sets))
+            tree = TreeState.from_cache(rows.cache, len(prompt), self._tree_configs, token_sets, columns)
+            root = TreeStep(pick_columns(logprobs, columns), token_set_sums(logprobs, token_sets), columns)
             return tree, root.then(self.tree_extend(tree, parents, tokens) if parents else None)
         # the prompt and the first nodes in one pass: the head only after the prompt's last token and the nodes
-        tree = TreeState({}, len(prompt), configs=self._tree_configs, token_sets=token_sets, device=self.device)
+        tree = TreeState(
+            {}, len(prompt), configs=self._tree_configs, token_sets=token_sets, columns=columns, device=self.device
+        )
         step = self._tree_call(tree, tree.add(parents, with_prompt=True), [*prompt, *tokens], len(prompt) - 1)
         return tree, step
 

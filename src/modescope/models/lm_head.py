@@ -13,6 +13,7 @@ products, the normalizer is summed in cascades within a chunk and in float64 acr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -38,31 +39,86 @@ def plain_head(model: Any) -> torch.Tensor | None:
 
 
 def head_logprobs(
-    hidden: torch.Tensor, weight: torch.Tensor, vocab: int, token_sets: torch.Tensor | None = None
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    vocab: int,
+    token_sets: torch.Tensor | None = None,
+    columns: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """float32 log-softmax of `hidden @ weight[:vocab].T` for `hidden` [rows, dim]: [rows, vocab]; and, for
-    `token_sets` [sets, vocab] (0/1 float32 weights), each set's probability [rows, sets] in float64, summed
-    from the exponentials the normalizer is summed from (no pass over the output again): within a chunk as a
-    product of the exponentials with the weights (float32 accumulation over 8192 terms, ~5e-8 relative), across
-    chunks in float64."""
+    """float32 log-softmax of `hidden @ weight[:vocab].T` for `hidden` [rows, dim]: [rows, vocab], or with
+    `columns` (vocabulary ids) only those columns [rows, len(columns)]; and, for `token_sets` [sets, vocab] (0/1
+    float32 weights), each set's probability [rows, sets] in float64 (`exact_set_sums`), summed from the
+    exponentials the normalizer is summed from (no pass over the output again): within a chunk as a product
+    of the exponentials with the weights (float32 accumulation over 8192 terms, ~5e-8 relative), across chunks
+    in float64.
+
+    With `columns` the [rows, vocab] output is never made: each chunk's product goes to one reused buffer, and
+    the columns are picked from it while it is in cache. A fresh [204, 262144] output costs ~60 ms of page
+    faults alone here (a product into it took 310 ms, into a reused buffer 250 ms), and its last pass
+    (subtracting the log-normalizer) another ~20 ms."""
     hidden = hidden.to(weight.dtype)
-    out = torch.empty(hidden.shape[0], vocab, dtype=torch.float32, device=hidden.device)
-    work = torch.empty(hidden.shape[0], min(CHUNK, vocab), dtype=torch.float32, device=hidden.device)
+    rows = hidden.shape[0]
+    out = torch.empty(rows, vocab, dtype=torch.float32, device=hidden.device) if columns is None else None
+    work = torch.empty(rows, min(CHUNK, vocab), dtype=torch.float32, device=hidden.device)
+    picks = _chunk_columns(columns, vocab) if columns is not None else {}
+    picked = torch.empty(rows, len(columns) if columns is not None else 0, device=hidden.device)
     tops, sums, set_parts = [], [], []
     for start in range(0, vocab, CHUNK):
-        chunk = out[:, start : start + CHUNK]
-        torch.mm(hidden, weight[start : start + CHUNK].T, out=chunk)
+        size = min(CHUNK, vocab - start)
+        chunk = out[:, start : start + size] if out is not None else work[:, :size]
+        torch.mm(hidden, weight[start : start + size].T, out=chunk)
         top = torch.amax(chunk, dim=1, keepdim=True)  # amax: max without its indices, 4x faster
         tops.append(top)
-        exps = torch.sub(chunk, top, out=work[:, : chunk.shape[1]]).exp_()  # one buffer for every chunk
+        if start in picks:  # the logits asked for, before the buffer turns into exponentials
+            places, local = picks[start]
+            picked[:, places] = chunk[:, local]
+        exps = torch.sub(chunk, top, out=work[:, :size]).exp_()  # one buffer for every chunk
         sums.append(exps.sum(dim=1, keepdim=True))
         if token_sets is not None:  # [rows, sets]: one product, no [rows, chunk] temporary (7% of the head)
-            set_parts.append(exps @ token_sets[:, start : start + CHUNK].T)
+            set_parts.append(exps @ token_sets[:, start : start + size].T)
     top64 = torch.cat(tops, dim=1).double()
     peak = top64.max(dim=1, keepdim=True).values
     scale = (top64 - peak).exp()  # [rows, chunks]: each chunk's exponentials relative to the row's peak
     total = (torch.cat(sums, dim=1).double() * scale).sum(dim=1, keepdim=True)
+    normalizer = peak + total.log()  # [rows, 1] float64
     set_sums = None
     if token_sets is not None:  # [rows, sets, chunks] weighed like the normalizer's parts
         set_sums = (torch.stack(set_parts, dim=2).double() * scale.unsqueeze(1)).sum(dim=2) / total
-    return out.sub_((peak + total.log()).float()), set_sums
+        set_sums = exact_set_sums(set_sums, token_sets, normalizer, lambda row: hidden[row] @ weight[:vocab].T)
+    result = out if out is not None else picked
+    return result.sub_(normalizer.float()), set_sums
+
+
+def _chunk_columns(columns: torch.Tensor, vocab: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """For each chunk holding some of `columns`: their places in the picked output, and their ids within the
+    chunk."""
+    chunk_of = torch.div(columns, CHUNK, rounding_mode="floor")
+    found = {}
+    for chunk in torch.unique(chunk_of).tolist():
+        places = (chunk_of == chunk).nonzero().flatten()
+        found[chunk * CHUNK] = (places, columns[places] - chunk * CHUNK)
+    if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= vocab):
+        raise ValueError(f"columns must be vocabulary ids below {vocab}")
+    return found
+
+
+TINY = 1e-30  # a set sum below this may have lost terms to float32 underflow: it is summed again
+
+
+def exact_set_sums(
+    set_sums: torch.Tensor,
+    token_sets: torch.Tensor,
+    normalizer: torch.Tensor,
+    logits_of: Callable[[int], torch.Tensor],
+) -> torch.Tensor:
+    """`set_sums` [rows, sets] (float64) with every entry under TINY summed again from its row's logits
+    (`logits_of(row)`, [vocab]) as a float64 log-sum-exp less the row's log-normalizer (`normalizer` [rows, 1]):
+    a float32 exponential is 0 below ~1e-38 (relative to its chunk's largest logit), so a set whose tokens all
+    lie that far down would read 0. Such rows are rare (the event is then negligible), and each costs one
+    [vocab] product."""
+    for row, index in (set_sums < TINY).nonzero().tolist():
+        members = token_sets[index].nonzero().flatten()
+        if len(members):
+            logits = logits_of(row).double()[: token_sets.shape[1]]
+            set_sums[row, index] = (torch.logsumexp(logits[members], 0) - normalizer[row, 0]).exp()
+    return set_sums

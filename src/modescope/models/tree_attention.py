@@ -69,6 +69,7 @@ class TreeState:
     chains: list[tuple[int, ...]] = field(default_factory=list)  # each node's ancestors' slots, then its own
     configs: list[Any] = field(default_factory=list)  # the configs whose attention implementation a call switches
     token_sets: torch.Tensor | None = None  # [sets, vocab] summed over at every node (`TreeStep.set_sums`)
+    columns: torch.Tensor | None = None  # the vocabulary ids each step keeps (`TreeStep.columns`); None: all
     used: int = 0  # slots taken
     _prompt_in_call: bool = False  # the call being forwarded writes the prompt's slots
     device: torch.device | None = None  # the model's
@@ -76,7 +77,12 @@ class TreeState:
 
     @classmethod
     def from_cache(
-        cls, cache: Any, prompt_length: int, configs: list[Any], token_sets: torch.Tensor | None = None
+        cls,
+        cache: Any,
+        prompt_length: int,
+        configs: list[Any],
+        token_sets: torch.Tensor | None = None,
+        columns: torch.Tensor | None = None,
     ) -> TreeState:
         """A store holding what `cache` (a transformers cache of one row, the prompt) holds."""
         layers = {}
@@ -86,7 +92,7 @@ class TreeState:
             room = keys.new_empty((kv_heads, ROOM, dim))
             layers[index] = _LayerStore(keys, values, prompt_length - kept, room, torch.empty_like(room))
         device = cache.layers[0].keys.device
-        return cls(layers, prompt_length, configs=configs, token_sets=token_sets, device=device)
+        return cls(layers, prompt_length, configs=configs, token_sets=token_sets, columns=columns, device=device)
 
     @property
     def nodes(self) -> int:

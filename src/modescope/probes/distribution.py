@@ -28,7 +28,7 @@ import torch
 from modescope import metrics
 from modescope.engine.tree import Child, ExpansionStats, Node, Planned, PrefixTree
 from modescope.errors import ModescopeError
-from modescope.models.base import Answer, Backend, ChatPrompt, TreeStep, partial_distributions
+from modescope.models.base import Answer, Backend, ChatPrompt, StepRow, TreeStep, partial_distributions
 from modescope.models.vocab import Vocabulary, starts_with_boundary
 from modescope.results import NotebookResult
 
@@ -401,7 +401,7 @@ class AnswerTree:
         return self.planner.expansion(data).children
 
     def contributions(
-        self, data: Any, node_logprob: float, logprobs: torch.Tensor, boundary: float | None = None
+        self, data: Any, node_logprob: float, logprobs: torch.Tensor | StepRow, boundary: float | None = None
     ) -> list[tuple[int, float]]:
         """(target, log-probability) of every event that ends at this node: its text followed by a boundary
         token, or a straddling token that finishes a target and starts a boundary. `boundary`, the node's
@@ -410,15 +410,16 @@ class AnswerTree:
         found = []
         if plan.terminals:
             if boundary is None:
+                assert isinstance(logprobs, torch.Tensor), "a step row gives its boundary sums"
                 boundary = float(torch.logsumexp(logprobs.index_select(0, self.boundary).double(), 0))
             found += [(k, node_logprob + boundary) for k in plan.terminals]
         found += [(k, node_logprob + float(logprobs[token])) for token, k in plan.straddles]
         return found
 
-    def batch_sums(self, logprobs: torch.Tensor, partial: bool, boundary: torch.Tensor | None = None) -> BatchSums:
+    def batch_sums(self, logprobs: torch.Tensor, partial: bool) -> BatchSums:
         """The sums over token sets every node of a forwarded batch [nodes, vocab] needs, for the whole batch at
-        once: two passes over the batch instead of a gather and a log-sum-exp per node; `boundary`, the boundary
-        tokens' probability [nodes] (float64), when the backend summed it already (`token_sets`).
+        once: two passes over the batch instead of a gather and a log-sum-exp per node (a tree call sums them
+        as it normalizes: `step_sums`).
 
         Sums are torch's cascade sums (relative error ~2e-7 in float32 over 262k terms, measured against
         float64). A float32 exp underflows below ~1e-38, so a row whose boundary mass comes out under 1e-30 gets an
@@ -429,20 +430,34 @@ class AnswerTree:
             if len(self.undecided)
             else torch.zeros(rows, dtype=torch.float64)
         )
-        probs = logprobs.exp() if partial or boundary is None else None  # one pass serves both sums below
-        shown = probs.sum(-1).double() if probs is not None and partial else torch.ones(rows, dtype=torch.float64)
-        if boundary is None:
-            assert probs is not None
-            # the other tokens zeroed in place (no second [nodes, vocab] buffer), then summed
-            boundary = probs.mul_(self._boundary_weights(logprobs.dtype)).sum(-1).double()
+        probs = logprobs.exp()  # one pass serves both sums below
+        shown = probs.sum(-1).double() if partial else torch.ones(rows, dtype=torch.float64)
+        # the other tokens zeroed in place (no second [nodes, vocab] buffer), then summed
+        boundary = probs.mul_(self._boundary_weights(logprobs.dtype)).sum(-1).double()
         log_boundary = boundary.log()
         for row in (boundary < 1e-30).nonzero().flatten().tolist():
             log_boundary[row] = torch.logsumexp(logprobs[row].index_select(0, self.boundary).double(), 0)
         return BatchSums(log_boundary.tolist(), undecided.tolist(), shown.tolist())
 
     def token_sets(self) -> torch.Tensor:
-        """The token sets a tree call sums over at every node [1, vocab]: the boundary tokens."""
-        return self._boundary_weights(torch.float32).unsqueeze(0)
+        """The token sets a tree call sums over at every node [2, vocab]: the boundary tokens, and those starting
+        with an incomplete UTF-8 character (`batch_sums`)."""
+        undecided = torch.zeros(len(self.boundary_mask), dtype=torch.float32).index_fill_(0, self.undecided, 1.0)
+        return torch.stack([self._boundary_weights(torch.float32), undecided])
+
+    def columns(self, plan: Sequence[Planned]) -> torch.Tensor:
+        """The vocabulary ids whose log-probabilities the nodes of `plan` are read at: their tokens, and the
+        straddling tokens of the root and of every node."""
+        tokens = {node.token for node in plan}
+        for data in [self.root, *(node.data for node in plan)]:
+            tokens.update(token for token, _ in self.planner.expansion(data).straddles)
+        return torch.tensor(sorted(tokens), dtype=torch.long)
+
+    def step_sums(self, step: TreeStep) -> BatchSums:
+        """`batch_sums` from a tree step's set sums (`token_sets`): exact, no pass over the vocabulary."""
+        assert step.set_sums is not None
+        rows = len(step.set_sums)
+        return BatchSums(step.set_sums[:, 0].log().tolist(), step.set_sums[:, 1].tolist(), [1.0] * rows)
 
     def _boundary_weights(self, dtype: torch.dtype) -> torch.Tensor:
         """1 for a boundary token and 0 for the others, in `dtype` (made once per dtype)."""
@@ -451,7 +466,13 @@ class AnswerTree:
         return self._weights
 
     def bounded_contributions(
-        self, data: Any, node_logprob: float, logprobs: torch.Tensor, partial: bool, sums: BatchSums, row: int
+        self,
+        data: Any,
+        node_logprob: float,
+        logprobs: torch.Tensor | StepRow,
+        partial: bool,
+        sums: BatchSums,
+        row: int,
     ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
         """`contributions` (exact lower bounds, log) and upper-bound extras (target, mass) at one node, row
         `row` of a batch whose `sums` were taken.
@@ -588,20 +609,22 @@ def _expanded_bounds(
 
     with partial_distributions(backend) as partial:
 
-        def visit(
-            batch: Sequence[Node], logprobs: torch.Tensor, boundary: torch.Tensor | None = None
-        ) -> list[list[Child]]:
-            sums = answers.batch_sums(logprobs, partial, boundary)
+        def record(node: Node, logprobs: torch.Tensor | StepRow, sums: BatchSums, row: int) -> None:
+            """A node's exact events and upper-bound extras, added to its prompt's."""
+            k = node.prompt
+            lower, upper = answers.bounded_contributions(node.data, node.logprob, logprobs, partial, sums, row)
+            for target, logmass in lower:
+                pieces[k][target].append(logmass)
+            for target, mass in upper:
+                extras[k][target].append(mass)
+
+        def visit(batch: Sequence[Node], logprobs: torch.Tensor) -> list[list[Child]]:
+            sums = answers.batch_sums(logprobs, partial)
             found = []
             for row, node in enumerate(batch):
-                k = node.prompt
-                nodes[k] += len(node.path) > 0
-                levels[k] = max(levels[k], len(node.path))
-                lower, upper = answers.bounded_contributions(node.data, node.logprob, logprobs[row], partial, sums, row)
-                for target, logmass in lower:
-                    pieces[k][target].append(logmass)
-                for target, mass in upper:
-                    extras[k][target].append(mass)
+                nodes[node.prompt] += len(node.path) > 0
+                levels[node.prompt] = max(levels[node.prompt], len(node.path))
+                record(node, logprobs[row], sums, row)
                 children = answers.children(node.data)
                 found.append(
                     [c for c in children if math.isfinite(float(logprobs[row, c.token]))] if partial else children
@@ -617,12 +640,15 @@ def _expanded_bounds(
         planned: list[ExpansionStats] = []
         if not partial:
             sets, plan = answers.token_sets(), _plan(answers)
+            columns = answers.columns(plan)  # the steps keep only the log-probabilities read
 
             def visit_step(batch: Sequence[Node], step: TreeStep) -> None:
-                visit(batch, step.logprobs, step.set_sums[:, 0] if step.set_sums is not None else None)
+                sums = answers.step_sums(step)
+                for row, node in enumerate(batch):
+                    record(node, step.row(row), sums, row)
 
             for k, ids in enumerate(prompt_ids):
-                stats = expansion().expand_planned(ids, plan, visit_step, answers.root, sets, prompt_index=k)
+                stats = expansion().expand_planned(ids, plan, visit_step, answers.root, sets, k, columns)
                 if stats is None:  # no tree calls (nothing was visited)
                     break
                 planned.append(stats)
