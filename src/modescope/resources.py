@@ -19,8 +19,10 @@ What the engine holds, from reading it (engine/decode.py, engine/tree.py, probes
   as 7). Nodes reaching the cutoff number at most models / cutoff per depth, and merged nodes had 1.0-1.2
   spellings each on SmolLM2 (counted as 2);
 - exact answer-set trees forward --batch-size nodes a batch (3.9 copies of its [rows, vocabulary] float32
-  measured on Gemma 3 at 256 rows, counted as 4; float64 models, tests' tiny ones, are not checked) and keep
-  about 512 rows of KV cache per level (one prompt's tree, with tree calls, keeps far less).
+  measured on Gemma 3 at 256 rows before tree calls kept only the columns they read, counted as 4: the level
+  path's figure, and an upper bound for tree calls, which hold one [rows, 8192] chunk; float64 models, tests'
+  tiny ones, are not checked) and keep about 512 rows of KV cache per level (one prompt's tree, with tree
+  calls, keeps far less).
 Estimates are in bytes and err high (sliding-window layers are counted as full ones, prompts as one token
 per byte); weights count as parameters x dtype bytes. Checked against a real run: `sample -n 256 --max-tokens
 48` on SmolLM2 (CPU, float32) peaked at 2.22 GiB RSS; the estimate was 2.39 GiB (of which the process already
