@@ -163,15 +163,19 @@ def test_the_planned_expansion_visits_what_the_level_engine_visits(architecture:
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gemma3"])
-def test_distributions_take_tree_calls_and_keep_their_masses(architecture: str) -> None:
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_distributions_take_tree_calls_and_keep_their_masses(architecture: str, temperature: float) -> None:
+    """Tree calls (reading only the columns they need, or whole rows under a temperature) give the level path's
+    masses and upper bounds."""
     backend = tiny_backend(architecture)
     candidates = ms.integers(0, 30)
-    planned = ms.distribution(backend, PROMPT, candidates)
+    planned = ms.distribution(backend, PROMPT, candidates, temperature=temperature)
     calls = planned.results[0].stats.forward_calls
     backend.tree_start = lambda *args: None  # type: ignore[method-assign]  # as a backend without tree calls
-    levels = ms.distribution(backend, PROMPT, candidates)
-    mass, reference = planned.to_pandas()["mass"], levels.to_pandas()["mass"]
-    assert ((mass - reference).abs() <= 1e-12 * reference + 1e-300).all()
+    levels = ms.distribution(backend, PROMPT, candidates, temperature=temperature)
+    for column in ("mass", "mass_upper"):
+        got, reference = planned.to_pandas()[column], levels.to_pandas()[column]
+        assert ((got - reference).abs() <= 1e-12 * reference + 1e-300).all()
     assert calls < levels.results[0].stats.forward_calls
 
 
