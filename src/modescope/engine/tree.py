@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from modescope.models.base import Backend, Rows, TreeStep, token_set_sums
+from modescope.models.base import Backend, Rows, TreeStep
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ class PrefixTree:
             if not self.transform:
                 return step
             logprobs = self.transform(step.logprobs)
-            return TreeStep(logprobs, token_set_sums(logprobs, token_sets))
+            return TreeStep.of(logprobs, token_sets)
 
         def counted(batch: range) -> None:
             self.stats.nodes += len(batch)

@@ -172,6 +172,15 @@ class TreeStep:
             sums = torch.cat([self.set_sums, other.set_sums])
         return TreeStep(torch.cat([self.logprobs, other.logprobs]), sums, self.columns)
 
+    @classmethod
+    def of(
+        cls, logprobs: torch.Tensor, token_sets: torch.Tensor | None = None, columns: torch.Tensor | None = None
+    ) -> TreeStep:
+        """The step of whole rows of log-probabilities [rows, vocab]: their sums over `token_sets`
+        (`token_set_sums`), and only `columns` of them kept (all for None)."""
+        kept = logprobs if columns is None else logprobs.index_select(1, columns.to(logprobs.device))
+        return cls(kept, token_set_sums(logprobs, token_sets), columns)
+
     def row(self, row: int) -> StepRow:
         """Row `row`'s log-probabilities, looked up by token id (`step.row(r)[token]`)."""
         return StepRow(self.logprobs[row], self._places())
@@ -199,11 +208,6 @@ class StepRow:
 
     def __getitem__(self, token: int) -> torch.Tensor:
         return self.logprobs[token if self.places is None else self.places[token]]
-
-
-def pick_columns(logprobs: torch.Tensor, columns: torch.Tensor | None) -> torch.Tensor:
-    """`logprobs` [rows, vocab] restricted to `columns` (all of them for None)."""
-    return logprobs if columns is None else logprobs.index_select(1, columns.to(logprobs.device))
 
 
 def token_set_sums(logprobs: torch.Tensor, token_sets: torch.Tensor | None) -> torch.Tensor | None:

@@ -25,15 +25,7 @@ from typing import Any
 import torch
 
 from modescope.errors import ModescopeError
-from modescope.models.base import (
-    Backend,
-    Capabilities,
-    ChatPrompt,
-    Rows,
-    TreeStep,
-    pick_columns,
-    token_set_sums,
-)
+from modescope.models.base import Backend, Capabilities, ChatPrompt, Rows, TreeStep
 from modescope.models.dtypes import auto_dtype
 from modescope.models.gguf_convert import Header
 from modescope.models.lm_head import head_logprobs, plain_head
@@ -259,8 +251,7 @@ class HFBackend(Backend):
         with tree.attending():
             if head is None:
                 logprobs = self._logprobs(self._forward(ids, **kwargs).logits[0, first_row:])
-                sums = token_set_sums(logprobs, tree.token_sets)
-                return TreeStep(pick_columns(logprobs, tree.columns), sums, tree.columns)
+                return TreeStep.of(logprobs, tree.token_sets, tree.columns)
             out = self._decoder_forward(ids, **kwargs)
         with torch.inference_mode():
             sets = tree.token_sets.to(self.device, torch.float32) if tree.token_sets is not None else None
@@ -371,7 +362,7 @@ class HFBackend(Backend):
             rows, logprobs = self.start(prompt)
             assert isinstance(rows, CacheRows)
             tree = TreeState.from_cache(rows.cache, len(prompt), self._tree_configs, token_sets, columns)
-            root = TreeStep(pick_columns(logprobs, columns), token_set_sums(logprobs, token_sets), columns)
+            root = TreeStep.of(logprobs, token_sets, columns)
             return tree, root.then(self.tree_extend(tree, parents, tokens) if parents else None)
         # the prompt and the first nodes in one pass: the head only after the prompt's last token and the nodes
         tree = TreeState(
