@@ -116,9 +116,11 @@ def exact_set_sums(
     a float32 exponential is 0 below ~1e-38 (relative to its chunk's largest logit), so a set whose tokens all
     lie that far down would read 0. Such rows are rare (the event is then negligible), and each costs one
     [vocab] product."""
-    for row, index in (set_sums < TINY).nonzero().tolist():
-        members = token_sets[index].nonzero().flatten()
-        if len(members):
-            logits = logits_of(row).double()[: token_sets.shape[1]]
-            set_sums[row, index] = (torch.logsumexp(logits[members], 0) - normalizer[row, 0]).exp()
+    tiny_rows = (set_sums < TINY).any(dim=1).nonzero().flatten().tolist()
+    members = [weights.nonzero().flatten() for weights in token_sets] if tiny_rows else []
+    for row in tiny_rows:
+        logits = logits_of(row).double()[: token_sets.shape[1]]
+        for index, tokens in enumerate(members):
+            if set_sums[row, index] < TINY and len(tokens):
+                set_sums[row, index] = (torch.logsumexp(logits[tokens], 0) - normalizer[row, 0]).exp()
     return set_sums

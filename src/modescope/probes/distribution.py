@@ -29,6 +29,7 @@ from modescope import metrics
 from modescope.engine.tree import Child, ExpansionStats, Node, Planned, PrefixTree
 from modescope.errors import ModescopeError
 from modescope.models.base import Answer, Backend, ChatPrompt, StepRow, TreeStep, partial_distributions
+from modescope.models.lm_head import exact_set_sums
 from modescope.models.vocab import Vocabulary, starts_with_boundary
 from modescope.results import NotebookResult
 
@@ -423,7 +424,7 @@ class AnswerTree:
 
         Sums are torch's cascade sums (relative error ~2e-7 in float32 over 262k terms, measured against
         float64). A float32 exp underflows below ~1e-38, so a row whose boundary mass comes out under 1e-30 gets an
-        exact float64 log-sum-exp instead (rare: the event is then negligible)."""
+        exact float64 log-sum-exp instead (`lm_head.exact_set_sums`; rare: the event is then negligible)."""
         rows = len(logprobs)
         undecided = (
             logprobs.index_select(1, self.undecided).exp().sum(-1).double()
@@ -433,11 +434,11 @@ class AnswerTree:
         probs = logprobs.exp()  # one pass serves both sums below
         shown = probs.sum(-1).double() if partial else torch.ones(rows, dtype=torch.float64)
         # the other tokens zeroed in place (no second [nodes, vocab] buffer), then summed
-        boundary = probs.mul_(self._boundary_weights(logprobs.dtype)).sum(-1).double()
-        log_boundary = boundary.log()
-        for row in (boundary < 1e-30).nonzero().flatten().tolist():
-            log_boundary[row] = torch.logsumexp(logprobs[row].index_select(0, self.boundary).double(), 0)
-        return BatchSums(log_boundary.tolist(), undecided.tolist(), shown.tolist())
+        weights = self._boundary_weights(logprobs.dtype)
+        boundary = probs.mul_(weights).sum(-1, keepdim=True).double()
+        zero = torch.zeros(rows, 1, dtype=torch.float64)  # the log-probabilities are normalized already
+        boundary = exact_set_sums(boundary, weights.unsqueeze(0), zero, lambda row: logprobs[row])
+        return BatchSums(boundary[:, 0].log().tolist(), undecided.tolist(), shown.tolist())
 
     def token_sets(self) -> torch.Tensor:
         """The token sets a tree call sums over at every node [2, vocab]: the boundary tokens, and those starting
