@@ -330,7 +330,9 @@ class HFBackend(Backend):
     def _step(
         self, cache: Any, prefix_length: int, tokens: Sequence[int], padding: torch.Tensor | None = None
     ) -> tuple[Rows, torch.Tensor]:
-        """Forward one token per row on top of `cache` (whose rows match `tokens`)."""
+        """Forward one token per row on top of `cache` (whose rows match `tokens`), which grows in place."""
+        from modescope.models.kv_growth import grow_in_place  # imports transformers, as loading a model does
+
         ids = torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)  # [rows, 1]
         extra: dict[str, Any] = {}
         if padding is None:
@@ -342,7 +344,7 @@ class HFBackend(Backend):
             padding = torch.cat([padding, torch.ones_like(padding[:, :1])], dim=-1)
             extra["attention_mask"] = padding
         out, logprobs = self._forward_next(
-            ids, position_ids=positions, use_cache=True, **extra, **{self._cache_arg: cache}
+            ids, position_ids=positions, use_cache=True, **extra, **{self._cache_arg: grow_in_place(cache)}
         )
         return CacheRows(self._cache_of(out), len(tokens), prefix_length + 1, padding), logprobs
 
