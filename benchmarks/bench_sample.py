@@ -15,7 +15,11 @@ entropy of the raw next-token distribution and the 10 most likely alternatives, 
    (normalizer summed in float64) as modescope computes them; token texts are decoded once per distinct id.
 
 It also reports the hardware floor of modescope's run (benchmarks/floor.py: its FLOPs at a float32 matmul peak
-measured in the same run) and a profile of where its time goes.
+measured in the same run), a profile of where its time goes, and the time of the matrix products the run makes
+(the model's linear layers and LM head at 32 rows for 47 steps) with nothing between them: both sides' forward
+makes these very calls, so no run can beat that time, and it bounds the speed-up any sampler built on
+transformers' float32 forward can reach. With --long it also decodes 16 rows x 256 tokens with the KV cache
+grown in place (modescope's default, models/kv_growth.py) and with transformers' concatenation, interleaved.
 
 Equal work on both sides: EOS must not end a row early, or the side that stops sooner generates fewer tokens.
 Both sides run with EOS turned off rather than masked, so both sample from the very same raw distribution
@@ -95,6 +99,7 @@ SEED = 0
 RSS_INTERVAL_S = 0.005
 AGREEMENT_LIMIT = 1e-3  # max absolute difference, nats or bits, in the checks (enforced)
 SPEEDUP_TARGET = 2.0  # baseline time / modescope time, per generated token
+LONG_ROWS, LONG_TOKENS = 16, 256  # the long decode of --long
 
 T = TypeVar("T")
 console = Console()
@@ -379,6 +384,53 @@ def profile_modescope(backend: HFBackend, prompt_ids: list[int], lines: int) -> 
     return text.getvalue()
 
 
+def products_alone(backend: HFBackend, rows: int, steps: int, repeats: int = 3) -> float:
+    """Best seconds of the matrix products `steps` decode steps of `rows` rows make, alone: every linear layer
+    of the model, the LM head included, applied to random activations of its width, in the model's order (the
+    same MKL calls transformers' forward makes, with nothing between them). No run of the model can be faster,
+    so it bounds the speed-up over `generate`, whose forward makes the same calls."""
+    import torch
+
+    weights = [m.weight.detach() for m in backend.model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype) for w in weights}
+
+    def run() -> None:
+        with torch.inference_mode():
+            for _ in range(steps):
+                for weight in weights:
+                    torch.nn.functional.linear(inputs[weight.shape[1]], weight)
+
+    return min(timed(run)[0] for _ in range(repeats))
+
+
+def kv_growth_runs(backend: HFBackend, prompt_ids: list[int], repeats: int) -> dict[str, Any]:
+    """A long decode (LONG_ROWS x LONG_TOKENS, records and all) with the KV cache grown in place and with
+    transformers' concatenation, interleaved, best of `repeats` each; the two must draw the same tokens."""
+    from modescope.engine.decode import generate
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    tokens: dict[bool, list[list[int]]] = {}
+    try:
+        for _ in range(repeats):
+            for grow in (True, False):
+                backend.grow_kv_in_place = grow
+                seconds, continuations = timed(
+                    lambda: generate(backend, prompt_ids, n=LONG_ROWS, max_tokens=LONG_TOKENS, seed=SEED)
+                )
+                times[grow].append(seconds)
+                tokens[grow] = [[t.id for t in c.tokens] for c in continuations]
+    finally:
+        backend.grow_kv_in_place = True
+    if tokens[True] != tokens[False]:
+        raise SystemExit("the KV cache grown in place drew other tokens than transformers' concatenation")
+    return {
+        "rows": LONG_ROWS,
+        "tokens": LONG_TOKENS,
+        "in_place_s": min(times[True]),
+        "concatenated_s": min(times[False]),
+    }
+
+
 def modescope_floor(backend: HFBackend, report: ModelReport, peak_gflops: float) -> Floor:
     """The FLOPs of modescope's run at the peak: the prompt once, then one position per row and step after the
     first (the last token chosen is never forwarded), logits at each of those and at the prompt's end."""
@@ -423,6 +475,11 @@ def bench_model(name: str, args: argparse.Namespace, progress: Progress) -> Mode
         )
         peak = max(peak, matmul_peak_gflops())
         report.floor = modescope_floor(backend, report, peak)
+    with task(progress, f"{name}: the matrix products alone", None):
+        report.extra["products_alone_s"] = products_alone(backend, N, MAX_TOKENS - 1)
+    if args.long:
+        with task(progress, f"{name}: {LONG_ROWS} x {LONG_TOKENS} tokens, KV cache in place / concatenated", None):
+            report.extra["kv_growth"] = kv_growth_runs(backend, prompt_ids, args.repeats)
     if args.profile:
         with task(progress, f"{name}: profiling one modescope run", None):
             report.extra["profile"] = profile_modescope(backend, prompt_ids, args.profile)
@@ -479,6 +536,16 @@ def model_table(report: ModelReport) -> Table:
         floor = report.floor
         value = f"{floor.floor_s:.2f} s at {floor.peak_gflops:.0f} GFLOPS; time / floor {floor.ratio:.1f}x"
         table.add_row("hardware floor", value, "", "")
+    if "products_alone_s" in report.extra:
+        budget = base.timing.best_s / SPEEDUP_TARGET
+        value = f"{report.extra['products_alone_s']:.2f} s; {SPEEDUP_TARGET:g}x needs the run under {budget:.2f} s"
+        table.add_row(f"matrix products alone ({N} rows x {MAX_TOKENS - 1} steps)", value, "", "")
+    if "kv_growth" in report.extra:
+        kv = report.extra["kv_growth"]
+        value = (
+            f"{kv['in_place_s']:.2f} / {kv['concatenated_s']:.2f} s ({kv['concatenated_s'] / kv['in_place_s']:.2f}x)"
+        )
+        table.add_row(f"{kv['rows']} x {kv['tokens']} tokens, KV cache in place / concatenated", value, "", "")
     for k, line in enumerate(report.extra.get("profile_split", [])):
         table.add_row("profile" if k == 0 else "", line, "", "")
     return table
@@ -499,6 +566,7 @@ def summary_table(reports: list[ModelReport], env: dict[str, Any]) -> Table:
             "baseline": f"{base.timing.best_s:.2f} s ({base.tokens_per_s:.0f} tok/s)",
             "speed-up per token": f"[{colour}]{r.speedup:.2f}x[/]",
             "modescope time / floor": f"{r.floor.ratio:.1f}x" if r.floor else "",
+            "matrix products alone": f"{r.extra['products_alone_s']:.2f} s" if "products_alone_s" in r.extra else "",
             "peak RSS increase modescope": gib(max(ours.rss_increase)),
             "peak RSS increase baseline": gib(max(base.rss_increase)),
             "checks max |diff|": f"[{'green' if r.agrees else 'red'}]{r.worst_diff:.1e}[/]",
@@ -511,6 +579,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = benchmark_parser(__doc__, repeats=3)
     parser.add_argument(
         "--profile", type=int, default=0, metavar="LINES", help="also cProfile one modescope run; print LINES rows"
+    )
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help=f"also decode {LONG_ROWS} x {LONG_TOKENS} tokens with the KV cache grown in place and concatenated",
     )
     return parse_options(parser, argv)
 

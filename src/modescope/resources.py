@@ -10,7 +10,8 @@ What the engine holds, from reading it (engine/decode.py, engine/tree.py, probes
   and the model's own logits make transient copies of it: peak RSS measured on a tiny transformers model
   with a 65k-131k vocabulary was 5.5 copies of rows x vocabulary x 8 bytes with temperature alone and 9.3
   with five samplers on (top-k, typical-p, min-p, XTC, temperature); counted as 6 and 10;
-- every row holds its KV cache: 2 (keys, values) x layers x KV heads x head dim x dtype bytes per token;
+- every row holds its KV cache: 2 (keys, values) x layers x KV heads x head dim x dtype bytes per token, for
+  its tokens and the room a decode keeps after them (models/kv_growth.py: a quarter more, 64 at least);
 - every generated token leaves a record (the token, its probability, its top alternatives) that the
   commands also turn into dicts and JSON: measured 1.1 KB per token and 0.48 KB per alternative (records do
   not hold whole-vocabulary rows);
@@ -501,13 +502,22 @@ class Rows:
     note: str = ""
 
 
+KV_MIN_ROOM = 64  # a decode's KV cache keeps room for a quarter more positions, 64 at least (models/kv_growth.py)
+
+
+def kv_positions(tokens: int) -> int:
+    """Positions a decoded row's KV cache holds room for when it holds `tokens`."""
+    return tokens + max(KV_MIN_ROOM, tokens // 4)
+
+
 def decode_parts(request: Request, shape: ModelShape, rows: Rows, copies: int) -> list[Part]:
-    """One model decoding its rows in one batch: its float64 work buffers and its KV cache. A server decodes
-    by itself: nothing here."""
+    """One model decoding its rows in one batch: its float64 work buffers and its KV cache (with the room it
+    grows into). A server decodes by itself: nothing here."""
     if not shape.in_process:
         return []
     per_token = shape.kv_bytes_per_token(request.dtype_bytes)
     remedies = request.lower(*rows.keys)
+    positions = kv_positions(rows.tokens)
     return [
         Part(
             f"decode buffers of {shape.name}",
@@ -518,8 +528,8 @@ def decode_parts(request: Request, shape: ModelShape, rows: Rows, copies: int) -
         ),
         Part(
             f"KV cache of {shape.name}",
-            rows.count * rows.tokens * per_token,
-            f"{rows.text} x {rows.tokens_text} x {size_text(per_token)} per token",
+            rows.count * positions * per_token,
+            f"{rows.text} x ({rows.tokens_text} + room {positions - rows.tokens}) x {size_text(per_token)} per token",
             remedies,
             True,
             rows.note,

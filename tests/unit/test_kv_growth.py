@@ -96,3 +96,38 @@ def test_grow_in_place_changes_only_plain_dynamic_layers() -> None:
     cache.layers = [DynamicLayer(), DynamicSlidingWindowLayer(sliding_window=8), Other()]
     grow_in_place(cache)
     assert [type(layer) for layer in cache.layers] == [GrowingLayer, GrowingSlidingWindowLayer, Other]
+
+
+def test_rows_that_branch_keep_no_room() -> None:
+    """A tree's nodes are extended once from a selection of their parents' rows: growing them in place would
+    copy every selection into a room that no later step writes into."""
+    backend = tiny_backend("llama")
+    rows, _ = backend.start(backend.prompt_ids(PROMPT))
+    rows, _ = backend.advance(rows, [0], [5])  # a decode step: the layers grow in place
+    assert isinstance(rows, CacheRows) and "room" in vars(rows.cache.layers[0])
+    branched, _ = backend.extend(rows, [0, 0], [6, 7])
+    assert isinstance(branched, CacheRows)
+    assert all(type(layer) is DynamicLayer and "room" not in vars(layer) for layer in branched.cache.layers)
+    assert "room" in vars(rows.cache.layers[0])  # the rows branched from are left as they were
+
+
+def test_a_rebuilt_cache_lets_go_of_the_room_it_was_copied_with() -> None:
+    backend = tiny_backend("llama")
+    rows, _ = backend.start(backend.prompt_ids(PROMPT))
+    rows, _ = backend.advance(rows, [0], [5])
+    joined = backend.gather([(rows, [0, 0])])
+    assert isinstance(joined, CacheRows)
+    assert all("room" not in vars(layer) for layer in joined.cache.layers)
+
+
+def test_growth_turned_off_concatenates_and_lets_go_of_the_room() -> None:
+    layer = GrowingLayer()
+    layer.update(*states(1))
+    layer.update(*states(2))
+    assert "room" in vars(layer)
+    cache = type("Cache", (), {})()
+    cache.layers = [layer]
+    grow_in_place(cache, grow=False)
+    assert type(layer) is DynamicLayer and "room" not in vars(layer)
+    layer.update(*states(3))
+    assert positions(layer) == [1, 2, 3]

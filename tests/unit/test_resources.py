@@ -37,6 +37,20 @@ GIB = 2**30
 # vocabulary 1000, 2 layers, 2 KV heads of dim 8: 2 x 2 x 2 x 8 x 4 bytes = 256 bytes of KV cache per token
 SMALL = ModelShape("small", vocab=1000, layers=2, kv_heads=2, head_dim=8, parameters=10_000)
 KV_PER_TOKEN = 256
+
+
+def held(tokens: int) -> int:
+    """Positions a decoded row's KV cache holds room for: a quarter more, 64 at least (models/kv_growth.py)."""
+    return tokens + max(64, tokens // 4)
+
+
+def test_the_kv_room_counted_is_the_room_a_decode_keeps() -> None:
+    from modescope.models.kv_growth import capacity
+
+    for tokens in (1, 30, 255, 256, 257, 4000):
+        assert resources.kv_positions(tokens) == held(tokens) == capacity(tokens)
+
+
 SMALL_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
     "vocab_size": 1000,
@@ -76,7 +90,7 @@ def test_sample_estimate() -> None:
     assert parts == {
         "token records": 1 * 4 * 5 * (RECORD_BYTES + 3 * ALTERNATIVE_BYTES),
         "decode buffers of small": 4 * 1000 * 8 * 6,
-        "KV cache of small": 4 * (10 + 5) * KV_PER_TOKEN,
+        "KV cache of small": 4 * held(10 + 5) * KV_PER_TOKEN,
     }
 
 
@@ -91,7 +105,7 @@ def test_sample_over_two_models_keeps_every_record_and_the_larger_decode() -> No
     assert parts == {
         "token records": 2 * 2 * 3 * RECORD_BYTES,
         "decode buffers of big": 2 * 5000 * 8 * 6,
-        "KV cache of big": 2 * (10 + 3) * 2 * 4 * 2 * 8 * 4,
+        "KV cache of big": 2 * held(10 + 3) * 2 * 4 * 2 * 8 * 4,
     }
 
 
@@ -100,7 +114,7 @@ def test_sample_with_a_guide_adds_its_weights_and_rows() -> None:
     parts = by_name(resources.sample_parts(request(), n=4, max_tokens=5, guide=guide))
     assert parts["weights of guide"] == 500 * 4
     assert parts["decode buffers of guide"] == 4 * 1000 * 8 * 3
-    assert parts["KV cache of guide"] == 4 * (10 + 5) * 2 * 1 * 1 * 8 * 4
+    assert parts["KV cache of guide"] == 4 * held(10 + 5) * 2 * 1 * 1 * 8 * 4
 
 
 def test_sampling_on_a_server_keeps_only_records() -> None:
@@ -132,7 +146,7 @@ def test_attractor_estimate() -> None:
     assert parts == {
         "token records": 9 * 8 * (RECORD_BYTES + ALTERNATIVE_BYTES),
         "decode buffers of small": 9 * 1000 * 8 * 6,
-        "KV cache of small": 9 * (10 + 16 + 4) * KV_PER_TOKEN,
+        "KV cache of small": 9 * held(10 + 16 + 4) * KV_PER_TOKEN,
     }
 
 
@@ -147,7 +161,7 @@ def test_forks_estimate() -> None:
     assert parts == {
         "token records": 48 * 6 * (RECORD_BYTES + 10 * ALTERNATIVE_BYTES),
         "decode buffers of small": 48 * 1000 * 8 * 6,
-        "KV cache of small": 48 * (10 + 12) * KV_PER_TOKEN,
+        "KV cache of small": 48 * held(10 + 12) * KV_PER_TOKEN,
     }
 
 

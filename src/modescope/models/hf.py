@@ -131,12 +131,15 @@ class CacheRows(Rows):
 
 def _rebuild_cache(template: Any, keys_values: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> Any:
     """A new cache shaped like `template` whose layer i holds keys_values(i); `template` is left untouched."""
+    from modescope.models.kv_growth import release_room  # imports transformers, as loading a model does
+
     new = copy.copy(template)
     new.layers = []
     for i, layer in enumerate(template.layers):
         clone = copy.copy(layer)
         if layer.is_initialized and layer.keys is not None:
             clone.keys, clone.values = keys_values(i)
+            release_room(clone)  # its keys are its own: the room it was copied with is not
         new.layers.append(clone)
     return new
 
@@ -167,6 +170,8 @@ class HFBackend(Backend):
         # float32 models with a plain LM head get it fused with the log-softmax, in vocabulary chunks (lm_head.py);
         # `fused_head = False` takes transformers' own head instead (the benchmarks' before and after)
         self.fused_head = plain_head(model) is not None and self._decoder_takes(self._cache_arg)
+        # decode steps write into room kept after the KV cache (kv_growth.py); False: transformers' concatenation
+        self.grow_kv_in_place = True
         # the configs a tree call switches to tree attention (tree_attention.py); None: no tree calls
         self._tree_configs = tree_configs(model)
         self._check_byte_table()
@@ -316,7 +321,7 @@ class HFBackend(Backend):
             rows.cache, lambda i: (source[i].keys.index_select(0, index), source[i].values.index_select(0, index))
         )
         padding = rows.padding.index_select(0, index) if rows.padding is not None else None
-        return self._step(cache, rows.prefix_length, tokens, padding)
+        return self._step(cache, rows.prefix_length, tokens, padding, grow=False)  # rows that branch
 
     def advance(self, rows: Rows, keep: Sequence[int], tokens: Sequence[int]) -> tuple[Rows, torch.Tensor]:
         assert isinstance(rows, CacheRows)
@@ -328,11 +333,18 @@ class HFBackend(Backend):
         return self._step(cache, rows.prefix_length, tokens, padding)
 
     def _step(
-        self, cache: Any, prefix_length: int, tokens: Sequence[int], padding: torch.Tensor | None = None
+        self,
+        cache: Any,
+        prefix_length: int,
+        tokens: Sequence[int],
+        padding: torch.Tensor | None = None,
+        grow: bool = True,
     ) -> tuple[Rows, torch.Tensor]:
-        """Forward one token per row on top of `cache` (whose rows match `tokens`), which grows in place."""
+        """Forward one token per row on top of `cache` (whose rows match `tokens`); with `grow` (rows that go
+        on, as a decode's do) its layers grow in place, unless `grow_kv_in_place` is off."""
         from modescope.models.kv_growth import grow_in_place  # imports transformers, as loading a model does
 
+        grow_in_place(cache, grow and self.grow_kv_in_place)
         ids = torch.tensor(list(tokens), dtype=torch.long).unsqueeze(1)  # [rows, 1]
         extra: dict[str, Any] = {}
         if padding is None:
@@ -344,7 +356,7 @@ class HFBackend(Backend):
             padding = torch.cat([padding, torch.ones_like(padding[:, :1])], dim=-1)
             extra["attention_mask"] = padding
         out, logprobs = self._forward_next(
-            ids, position_ids=positions, use_cache=True, **extra, **{self._cache_arg: grow_in_place(cache)}
+            ids, position_ids=positions, use_cache=True, **extra, **{self._cache_arg: cache}
         )
         return CacheRows(self._cache_of(out), len(tokens), prefix_length + 1, padding), logprobs
 

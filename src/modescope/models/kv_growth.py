@@ -22,6 +22,11 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 MIN_ROOM = 64  # positions of room a new buffer keeps beyond what it holds (a quarter more when that is larger)
 
 
+def capacity(needed: int) -> int:
+    """Positions a new buffer for `needed` positions has room for (resources.py counts them)."""
+    return needed + max(MIN_ROOM, needed // 4)
+
+
 @dataclass
 class _Room:
     """The buffers a layer's keys and values are the leading positions of."""
@@ -33,8 +38,8 @@ class _Room:
     @classmethod
     def around(cls, keys: torch.Tensor, values: torch.Tensor, needed: int) -> _Room:
         """A room holding copies of `keys` and `values`, with space for `needed` positions and more."""
-        capacity = needed + max(MIN_ROOM, needed // 4)
-        room = cls(_buffer(keys, capacity), _buffer(values, capacity), keys.shape[-2])
+        size = capacity(needed)
+        room = cls(_buffer(keys, size), _buffer(values, size), keys.shape[-2])
         room.keys[:, :, : room.filled].copy_(keys)
         room.values[:, :, : room.filled].copy_(values)
         return room
@@ -110,13 +115,28 @@ class GrowingSlidingWindowLayer(DynamicSlidingWindowLayer):
 
 
 _GROWING: dict[type, type] = {DynamicLayer: GrowingLayer, DynamicSlidingWindowLayer: GrowingSlidingWindowLayer}
+_PLAIN: dict[type, type] = {growing: plain for plain, growing in _GROWING.items()}
 
 
-def grow_in_place(cache: Any) -> Any:
-    """Make `cache`'s plain dynamic layers grow in place from now on (other kinds of layers are left as they
-    are); returns `cache`. The layers keep their state: only the class, and so `update`, changes."""
+def grow_in_place(cache: Any, grow: bool = True) -> Any:
+    """Make `cache`'s dynamic layers grow in place from now on, or with `grow=False` concatenate again as
+    transformers' do (other kinds of layers are left as they are); returns `cache`. The layers keep their
+    state: only the class, and so `update`, changes.
+
+    Rows that branch (a tree's nodes, each extended once from a selection of its parent's rows) should not
+    grow in place: each selection is a new tensor, so every step would copy it into a new room and keep room
+    that no step writes into. Rows that go on (a decode) should."""
     for layer in getattr(cache, "layers", ()):
-        growing = _GROWING.get(type(layer))
-        if growing is not None:
-            layer.__class__ = growing
+        kind = (_GROWING if grow else _PLAIN).get(type(layer))
+        if kind is not None:
+            layer.__class__ = kind
+        release_room(layer, unless_held=grow)
     return cache
+
+
+def release_room(layer: Any, unless_held: bool = False) -> None:
+    """Let go of `layer`'s room (so its buffer can be freed), or with `unless_held` only when the layer's keys
+    are not in it (they were replaced: rows selected, a layer rebuilt)."""
+    room: _Room | None = vars(layer).get("room")
+    if room is not None and not (unless_held and room.holds(layer.keys, layer.values)):
+        del layer.room
