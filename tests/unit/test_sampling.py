@@ -186,6 +186,40 @@ def test_inverse_cdf_never_lands_on_a_zero_probability_tail() -> None:
     assert set(inverse_cdf_sample(probs, torch.Generator().manual_seed(1)).tolist()) == {1}
 
 
+@pytest.mark.parametrize("vocab", [300, 40_000])  # one partial block; chunks and blocks with a partial last one
+def test_one_chunked_raw_pass_draws_what_the_whole_row_draws(vocab: int) -> None:
+    import torch
+
+    from modescope.engine.decode import entropy_bits, entropy_of
+    from modescope.engine.samplers import _block_sums, inverse_cdf_sample, raw_pass, sample_raw
+
+    logits = torch.randn(64, vocab, generator=torch.Generator().manual_seed(3)) * 4
+    logprobs = torch.log_softmax(logits, dim=-1)
+    logprobs[5, vocab // 2 :] = -torch.inf  # a row with a zero-probability tail (renormalized below)
+    logprobs[5] = torch.log_softmax(logprobs[5], dim=-1)
+    raw = raw_pass(logprobs)
+    assert torch.equal(raw.cumulative, _block_sums(logprobs.exp()).double().cumsum(-1))
+    for seed in range(5):
+        drawn = sample_raw(logprobs, raw, torch.Generator().manual_seed(seed))
+        assert torch.equal(drawn, inverse_cdf_sample(logprobs.exp(), torch.Generator().manual_seed(seed)))
+        assert int(drawn[5]) < vocab // 2
+    entropy = entropy_of(raw, logprobs)
+    assert torch.allclose(entropy, entropy_bits(logprobs).double(), atol=1e-5, rtol=0)
+    assert torch.isfinite(entropy).all()  # the -inf row goes the way entropy_bits takes it
+
+
+def test_raw_draws_follow_the_distribution() -> None:
+    import torch
+
+    from modescope.engine.samplers import raw_pass, sample_raw
+
+    logprobs = torch.tensor([[0.5, 0.2, 0.0, 0.3]], dtype=torch.float64).log().expand(40_000, -1).contiguous()
+    drawn = sample_raw(logprobs, raw_pass(logprobs), torch.Generator().manual_seed(0))
+    counts = torch.bincount(drawn, minlength=4).double() / len(drawn)
+    assert counts[2] == 0
+    assert counts.tolist() == pytest.approx([0.5, 0.2, 0.0, 0.3], abs=0.01)
+
+
 @pytest.mark.usefixtures("toy_models")
 def test_temperature_command_sweeps_and_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("modescope.metrics.diversity.default_embedder", lambda: fake_embedder)

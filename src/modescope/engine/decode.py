@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from modescope.engine.samplers import SamplerSettings, sample
+from modescope.engine.samplers import RawPass, SamplerSettings, raw_pass, sample, sample_raw
 from modescope.errors import ModescopeError
 from modescope.models.base import Backend, Rows, ServerCompletion
 
@@ -54,6 +54,16 @@ class Continuation:
     def raw_logprob(self) -> float:
         """log P(continuation | prompt) under the raw model, nats."""
         return math.fsum(t.raw_logprob for t in self.tokens)
+
+
+def entropy_of(raw: RawPass, logprobs: torch.Tensor) -> torch.Tensor:
+    """Entropy in bits of each row of `logprobs` from its `raw_pass`; rows with -inf log-probabilities (whose
+    p log p is NaN there) as `entropy_bits` takes them."""
+    entropy = -raw.p_log_p / LOG2
+    unknown = (~torch.isfinite(entropy)).nonzero().flatten()
+    if len(unknown):
+        entropy[unknown] = entropy_bits(logprobs[unknown]).double()
+    return entropy
 
 
 def entropy_bits(logprobs: torch.Tensor, probs: torch.Tensor | None = None) -> torch.Tensor:
@@ -510,14 +520,17 @@ def _choose(
 ) -> list[TokenRecord]:
     """The next token of each row of `logprobs` [rows, vocab] (raw model log-probabilities), and its record.
 
-    Every pass over the vocabulary counts on a 262k vocabulary: the raw probabilities are computed once and
-    serve the entropy and, when no sampler changes the distribution, the draw itself."""
-    probs = logprobs.exp()
-    chosen, sampled = sample(settings, logprobs, generator, protected, raw_probs=probs)
+    Every pass over the vocabulary counts on a 262k vocabulary: one chunked pass over the raw probabilities
+    (`raw_pass`) serves the entropy and, when no sampler changes the distribution, the draw itself."""
+    raw = raw_pass(logprobs)
+    if settings.active:
+        chosen, sampled = sample(settings, logprobs, generator, protected)
+    else:
+        chosen, sampled = sample_raw(logprobs, raw, generator), logprobs
     index = chosen.unsqueeze(-1)
     sampled_logprob = sampled.gather(-1, index).squeeze(-1).tolist()
     raw_logprob = logprobs.gather(-1, index).squeeze(-1).tolist()
-    entropy = entropy_bits(logprobs, probs).tolist()
+    entropy = entropy_of(raw, logprobs).tolist()
     tops: list[list[Alternative]] = [[] for _ in chosen]
     if top_k_alternatives:
         values_of, ids_of = largest(logprobs, min(top_k_alternatives, logprobs.shape[-1]))
