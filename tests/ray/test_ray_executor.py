@@ -176,7 +176,7 @@ def test_killed_worker_is_replaced_and_its_batch_retried(executor: RayExecutor) 
     recorder = on_ray(executor, batches, kill_after_first)
     assert recorder.failed == []
     assert recorder.outputs() == local(DISTRIBUTION, A)
-    assert executor.stats["workers_lost"] == lost + 1
+    assert executor.stats["workers_lost"] == lost + 1, recorder.messages
     assert executor.stats["workers_started"] == started + 1
     assert executor.actors["A"] != killed[0]
     assert any("A: the Ray worker died" in m for m in recorder.messages)
@@ -195,7 +195,7 @@ def test_worker_deaths_retry_then_fail_only_their_batch(executor: RayExecutor) -
     expected = local(DISTRIBUTION, A, B)
     del expected[("A", "p1")]
     assert recorder.outputs() == expected
-    assert executor.stats["workers_lost"] == lost + 2
+    assert executor.stats["workers_lost"] == lost + 2, recorder.messages
 
 
 def test_model_no_node_can_hold_fails_without_waiting(executor: RayExecutor) -> None:
