@@ -11,7 +11,8 @@ For each default model it expands the essay's prompt "Q: Are bugs real?\\nA:" to
 Both sides must list the same nodes with the same joint probabilities (to 1e-4 relative: float32 cached and
 uncached passes differ in rounding only). The figure of merit is nodes expanded per second (next-token
 distributions computed, the root's included); the target is a speed-up of at least 5x. Timings are the best
-of --repeats interleaved runs (median reported too).
+of --repeats interleaved runs (median reported too), after one untimed warm-up run of each side (reported as
+"first call": the engine's first expansion pays one-off costs that took it from 0.85 to 1.4-4.1 s on Gemma).
 
 Run it with `.venv/bin/python benchmarks/bench_multiverse.py [--models ...] [--repeats N] [--json PATH]`.
 """
@@ -86,7 +87,8 @@ def node_by_node_expansion(backend: Backend) -> tuple[Joints, int]:
         mass = torch.zeros(len(keys.names), dtype=torch.float64)
         rows = []
         for path, logprob in spellings:
-            row = backend.next_logprobs([[*prompt, *path]])[0] + logprob
+            # float64, as the engine sums paths (next-token log-probabilities are float32)
+            row = backend.next_logprobs([[*prompt, *path]])[0].double() + logprob
             forwards += 1
             mass.index_add_(0, keys.of_token, row.exp())
             rows.append((path, row))
@@ -160,12 +162,15 @@ def bench_model(name: str, args: argparse.Namespace, progress: Progress) -> Mode
         step_keys(backend, merge=True)  # built once per backend; neither side should pay for it
     report = ModelReport(name, Side("engine"), Side("node by node"))
     sides = [(report.engine, engine_expansion), (report.single, node_by_node_expansion)]
-    with task(progress, f"{name}: engine and node by node, interleaved", 2 * args.repeats) as advance:
-        for _ in range(args.repeats):
+    with task(progress, f"{name}: engine and node by node, interleaved", 2 * (args.repeats + 1)) as advance:
+        for attempt in range(args.repeats + 1):
             for side, run in sides:
                 gc.collect()
                 seconds, (joints, nodes) = timed(functools.partial(run, backend))
-                side.timing.runs_s.append(seconds)
+                if attempt == 0:  # the warm-up: it pays one-off costs (first passes of each shape, allocations)
+                    side.timing.first_call_s = seconds
+                else:
+                    side.timing.runs_s.append(seconds)
                 side.joints, side.nodes = joints, nodes
                 advance()
     a, b = report.engine.joints, report.single.joints
